@@ -1,0 +1,337 @@
+//! A time-unrolled LSTM layer over `N` parallel streams, with storage fixed at construction.
+//!
+//! The layer owns one flat buffer `S` (an array on a microcontroller, a `Vec` on the host) that
+//! holds everything the backward pass needs. Products are batched for speed: the input
+//! projection of all steps is one GEMM, `x·Wx` for `steps·N` rows; the backward weight gradients
+//! are one GEMM each over all steps.
+
+use crate::cell::{cell_backward, cell_forward};
+use crate::gemm::{Gemm, Mat};
+use crate::{Error, check_len};
+
+/// The parameters of one layer: `wx` is `D × 4H`, `wh` is `H × 4H`, `b` is `4H`, gate order f,g,i,o.
+#[derive(Debug, Clone, Copy)]
+pub struct LstmWeights<'a> {
+    /// Input weights, `D × 4H`.
+    pub wx: &'a [f32],
+    /// Recurrent weights, `H × 4H`.
+    pub wh: &'a [f32],
+    /// Bias, `4H`.
+    pub b: &'a [f32],
+}
+
+/// Gradient accumulators with the shapes of [`LstmWeights`]; `backward` adds into them.
+#[derive(Debug)]
+pub struct LstmGrads<'a> {
+    /// d loss / d wx.
+    pub wx: &'a mut [f32],
+    /// d loss / d wh.
+    pub wh: &'a mut [f32],
+    /// d loss / d b.
+    pub b: &'a mut [f32],
+}
+
+/// An LSTM layer of `hidden` units reading `input`-wide vectors, for `batch` streams and at most
+/// `capacity` steps per call.
+#[derive(Debug, Clone)]
+pub struct Lstm<S> {
+    input: usize,
+    hidden: usize,
+    batch: usize,
+    capacity: usize,
+    stateful: bool,
+    /// Steps run by the last `forward`.
+    steps: usize,
+    /// Whether the state at slot `steps` must be carried into the next `forward`.
+    carry: bool,
+    /// Whether `gates` still holds activations (not yet turned into `dA` by `backward`).
+    tape: bool,
+    storage: S,
+}
+
+/// Disjoint views of the storage.
+struct Parts<'a> {
+    gates: &'a mut [f32],
+    c: &'a mut [f32],
+    h: &'a mut [f32],
+    tanh_c: &'a mut [f32],
+    dh: &'a mut [f32],
+    dc: &'a mut [f32],
+}
+
+impl<S: AsRef<[f32]> + AsMut<[f32]>> Lstm<S> {
+    /// Number of `f32` the storage must hold: `N·H·(7·capacity + 4)`.
+    pub const fn storage_len(hidden: usize, batch: usize, capacity: usize) -> usize {
+        batch * hidden * (7 * capacity + 4)
+    }
+
+    /// Builds a layer over `storage`, which must hold exactly [`Self::storage_len`] values.
+    /// A `stateful` layer carries (h, c) from one `forward` to the next.
+    pub fn new(
+        input: usize,
+        hidden: usize,
+        batch: usize,
+        capacity: usize,
+        stateful: bool,
+        mut storage: S,
+    ) -> Result<Self, Error> {
+        check_len(
+            "lstm storage",
+            storage.as_ref().len(),
+            Self::storage_len(hidden, batch, capacity),
+        )?;
+        storage.as_mut().fill(0.0);
+        Ok(Lstm {
+            input,
+            hidden,
+            batch,
+            capacity,
+            stateful,
+            steps: 0,
+            carry: false,
+            tape: false,
+            storage,
+        })
+    }
+
+    /// Input width D.
+    pub fn input(&self) -> usize {
+        self.input
+    }
+    /// Hidden width H.
+    pub fn hidden(&self) -> usize {
+        self.hidden
+    }
+    /// Number of parallel streams N.
+    pub fn batch(&self) -> usize {
+        self.batch
+    }
+    /// Maximum steps per call.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+    /// Steps run by the last forward pass.
+    pub fn steps(&self) -> usize {
+        self.steps
+    }
+
+    fn parts(&mut self) -> Parts<'_> {
+        let nh = self.batch * self.hidden;
+        let cap = self.capacity;
+        let s = self.storage.as_mut();
+        let (gates, s) = s.split_at_mut(4 * cap * nh);
+        let (c, s) = s.split_at_mut((cap + 1) * nh);
+        let (h, s) = s.split_at_mut((cap + 1) * nh);
+        let (tanh_c, s) = s.split_at_mut(cap * nh);
+        let (dh, dc) = s.split_at_mut(nh);
+        Parts {
+            gates,
+            c,
+            h,
+            tanh_c,
+            dh,
+            dc,
+        }
+    }
+
+    fn h_all(&self) -> &[f32] {
+        let nh = self.batch * self.hidden;
+        let start = 4 * self.capacity * nh + (self.capacity + 1) * nh;
+        &self.storage.as_ref()[start..start + (self.capacity + 1) * nh]
+    }
+
+    fn c_all(&self) -> &[f32] {
+        let nh = self.batch * self.hidden;
+        let start = 4 * self.capacity * nh;
+        &self.storage.as_ref()[start..start + (self.capacity + 1) * nh]
+    }
+
+    /// Zeroes (h, c); the next `forward` starts from zero.
+    pub fn reset_state(&mut self) {
+        let nh = self.batch * self.hidden;
+        let p = self.parts();
+        p.h[..nh].fill(0.0);
+        p.c[..nh].fill(0.0);
+        self.carry = false;
+    }
+
+    /// Sets (h, c) (`N × H` each) for the next `forward`.
+    pub fn set_state(&mut self, h: &[f32], c: &[f32]) -> Result<(), Error> {
+        let nh = self.batch * self.hidden;
+        check_len("lstm state h", h.len(), nh)?;
+        check_len("lstm state c", c.len(), nh)?;
+        let p = self.parts();
+        p.h[..nh].copy_from_slice(h);
+        p.c[..nh].copy_from_slice(c);
+        self.carry = false;
+        Ok(())
+    }
+
+    /// The current (h, c): the state after the last step run, or the state set/reset since.
+    pub fn state(&self) -> (&[f32], &[f32]) {
+        let nh = self.batch * self.hidden;
+        let slot = if self.carry { self.steps } else { 0 };
+        (
+            &self.h_all()[slot * nh..(slot + 1) * nh],
+            &self.c_all()[slot * nh..(slot + 1) * nh],
+        )
+    }
+
+    /// Outputs h of the last forward, `steps × N × H`, time-major.
+    pub fn output(&self) -> &[f32] {
+        let nh = self.batch * self.hidden;
+        &self.h_all()[nh..(self.steps + 1) * nh]
+    }
+
+    /// Gradients of the loss with respect to the initial (h, c) of the last backward pass.
+    pub fn first_state_grad(&self) -> (&[f32], &[f32]) {
+        let nh = self.batch * self.hidden;
+        let s = self.storage.as_ref();
+        let start = nh * (7 * self.capacity + 2);
+        (&s[start..start + nh], &s[start + nh..start + 2 * nh])
+    }
+
+    fn check_weights(&self, w: &LstmWeights<'_>) -> Result<(), Error> {
+        let g = 4 * self.hidden;
+        check_len("lstm wx", w.wx.len(), self.input * g)?;
+        check_len("lstm wh", w.wh.len(), self.hidden * g)?;
+        check_len("lstm bias", w.b.len(), g)
+    }
+
+    /// Runs `steps` steps on `x` (`steps × N × D`, time-major). The output is in [`Self::output`].
+    pub fn forward(
+        &mut self,
+        gemm: &impl Gemm,
+        w: &LstmWeights<'_>,
+        x: &[f32],
+        steps: usize,
+    ) -> Result<(), Error> {
+        self.check_weights(w)?;
+        if steps > self.capacity {
+            return Err(Error::TooManySteps {
+                steps,
+                capacity: self.capacity,
+            });
+        }
+        check_len("lstm input", x.len(), steps * self.batch * self.input)?;
+        let (n, hd, d) = (self.batch, self.hidden, self.input);
+        let (nh, g) = (n * hd, 4 * hd);
+        let (stateful, carry, last) = (self.stateful, self.carry, self.steps);
+        let p = self.parts();
+        if !stateful {
+            p.h[..nh].fill(0.0);
+            p.c[..nh].fill(0.0);
+        } else if carry && last > 0 {
+            p.h.copy_within(last * nh..(last + 1) * nh, 0);
+            p.c.copy_within(last * nh..(last + 1) * nh, 0);
+        }
+        let a_all = &mut p.gates[..steps * n * g];
+        gemm.gemm(
+            1.0,
+            Mat::new(x, steps * n, d),
+            Mat::new(w.wx, d, g),
+            0.0,
+            a_all,
+        );
+        for row in a_all.chunks_exact_mut(g) {
+            row.iter_mut().zip(w.b).for_each(|(a, b)| *a += b);
+        }
+        for t in 0..steps {
+            let a_t = &mut a_all[t * n * g..(t + 1) * n * g];
+            let (h_prev, h_next) = p.h.split_at_mut((t + 1) * nh);
+            let h_prev = &h_prev[t * nh..];
+            gemm.gemm(
+                1.0,
+                Mat::new(h_prev, n, hd),
+                Mat::new(w.wh, hd, g),
+                1.0,
+                a_t,
+            );
+            let (c_prev, c_next) = p.c.split_at_mut((t + 1) * nh);
+            let c_prev = &c_prev[t * nh..];
+            let tanh_c = &mut p.tanh_c[t * nh..(t + 1) * nh];
+            for r in 0..n {
+                let span = r * hd..(r + 1) * hd;
+                cell_forward(
+                    &mut a_t[r * g..(r + 1) * g],
+                    &c_prev[span.clone()],
+                    &mut c_next[span.clone()],
+                    &mut tanh_c[span.clone()],
+                    &mut h_next[span],
+                );
+            }
+        }
+        self.steps = steps;
+        self.carry = true;
+        self.tape = true;
+        Ok(())
+    }
+
+    /// Back-propagates `dh_out` (`steps × N × H`, gradient of the loss with respect to
+    /// [`Self::output`]) through the last forward pass. Adds the weight gradients into `grads`,
+    /// writes the input gradient into `dx` (`steps × N × D`), and leaves the gradient of the
+    /// initial state in [`Self::first_state_grad`]. Consumes the tape.
+    pub fn backward(
+        &mut self,
+        gemm: &impl Gemm,
+        w: &LstmWeights<'_>,
+        x: &[f32],
+        dh_out: &[f32],
+        grads: &mut LstmGrads<'_>,
+        dx: &mut [f32],
+    ) -> Result<(), Error> {
+        self.check_weights(w)?;
+        if !self.tape {
+            return Err(Error::NoTape);
+        }
+        let (n, hd, d, steps) = (self.batch, self.hidden, self.input, self.steps);
+        let (nh, g) = (n * hd, 4 * hd);
+        check_len("lstm input", x.len(), steps * n * d)?;
+        check_len("lstm output gradient", dh_out.len(), steps * nh)?;
+        check_len("lstm input gradient", dx.len(), steps * n * d)?;
+        check_len("lstm wx gradient", grads.wx.len(), d * g)?;
+        check_len("lstm wh gradient", grads.wh.len(), hd * g)?;
+        check_len("lstm bias gradient", grads.b.len(), g)?;
+        self.tape = false;
+        let p = self.parts();
+        p.dh.fill(0.0);
+        p.dc.fill(0.0);
+        for t in (0..steps).rev() {
+            p.dh.iter_mut()
+                .zip(&dh_out[t * nh..(t + 1) * nh])
+                .for_each(|(a, b)| *a += b);
+            let da_t = &mut p.gates[t * n * g..(t + 1) * n * g];
+            for r in 0..n {
+                let span = r * hd..(r + 1) * hd;
+                cell_backward(
+                    &mut da_t[r * g..(r + 1) * g],
+                    &p.c[t * nh..(t + 1) * nh][span.clone()],
+                    &p.tanh_c[t * nh..(t + 1) * nh][span.clone()],
+                    &p.dh[span.clone()],
+                    &mut p.dc[span],
+                );
+            }
+            gemm.gemm(
+                1.0,
+                Mat::new(da_t, n, g),
+                Mat::new(w.wh, hd, g).t(),
+                0.0,
+                p.dh,
+            );
+        }
+        let da = Mat::new(&p.gates[..steps * n * g], steps * n, g);
+        gemm.gemm(1.0, Mat::new(x, steps * n, d).t(), da, 1.0, grads.wx);
+        gemm.gemm(
+            1.0,
+            Mat::new(&p.h[..steps * nh], steps * n, hd).t(),
+            da,
+            1.0,
+            grads.wh,
+        );
+        for row in da.data().chunks_exact(g) {
+            grads.b.iter_mut().zip(row).for_each(|(a, b)| *a += b);
+        }
+        gemm.gemm(1.0, da, Mat::new(w.wx, d, g).t(), 0.0, dx);
+        Ok(())
+    }
+}

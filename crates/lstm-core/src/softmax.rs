@@ -1,0 +1,139 @@
+//! Softmax and softmax cross-entropy, stable through log-sum-exp.
+
+use crate::{Error, check_len};
+
+/// Replaces `row` by softmax(row). The largest entry is subtracted first, so `exp` never
+/// overflows; the result sums to 1 and lies in [0, 1].
+pub fn softmax_in_place(row: &mut [f32]) {
+    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut sum = 0.0f32;
+    for v in row.iter_mut() {
+        *v = libm::expf(*v - max);
+        sum += *v;
+    }
+    let inv = 1.0 / sum;
+    row.iter_mut().for_each(|v| *v *= inv);
+}
+
+/// `log Σ exp(row)`, stable.
+pub fn log_sum_exp(row: &[f32]) -> f32 {
+    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let sum: f32 = row.iter().map(|&v| libm::expf(v - max)).sum();
+    max + libm::logf(sum)
+}
+
+/// Mean cross-entropy of `logits` (`M × V`) against `targets` (`M`), without the gradient.
+/// Returns the **sum** of the negative log-likelihoods (so callers can average over any span).
+pub fn cross_entropy_sum(logits: &[f32], vocab: usize, targets: &[u32]) -> Result<f64, Error> {
+    check_len("logits", logits.len(), targets.len() * vocab)?;
+    let mut total = 0.0f64;
+    for (row, &t) in logits.chunks_exact(vocab.max(1)).zip(targets) {
+        let t_us = t as usize;
+        if t_us >= vocab {
+            return Err(Error::TokenOutOfRange { id: t, vocab });
+        }
+        total += f64::from(log_sum_exp(row) - row[t_us]);
+    }
+    Ok(total)
+}
+
+/// Fused softmax cross-entropy forward and backward.
+///
+/// On entry `logits` (`M × V`) holds the scores; on exit it holds
+/// `d loss / d logits = (softmax − onehot(target)) / M`, where loss is the mean negative
+/// log-likelihood over the `M` positions. Returns that mean loss.
+pub fn softmax_cross_entropy(
+    logits: &mut [f32],
+    vocab: usize,
+    targets: &[u32],
+) -> Result<f32, Error> {
+    let m = targets.len().max(1);
+    let total = softmax_cross_entropy_scaled(logits, vocab, targets, 1.0 / m as f32)?;
+    Ok((total / m as f64) as f32)
+}
+
+/// The same on a block of rows of a larger batch: the gradient is scaled by `scale` (1/M for
+/// the whole batch) and the **sum** of the block's negative log-likelihoods is returned, so a
+/// host can run blocks in parallel.
+pub fn softmax_cross_entropy_scaled(
+    logits: &mut [f32],
+    vocab: usize,
+    targets: &[u32],
+    scale: f32,
+) -> Result<f64, Error> {
+    check_len("logits", logits.len(), targets.len() * vocab)?;
+    if let Some(&bad) = targets.iter().find(|&&t| t as usize >= vocab) {
+        return Err(Error::TokenOutOfRange { id: bad, vocab });
+    }
+    let mut total = 0.0f64;
+    for (row, &t) in logits.chunks_exact_mut(vocab.max(1)).zip(targets) {
+        let t = t as usize;
+        let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let target_shifted = row[t] - max;
+        let mut sum = 0.0f32;
+        for v in row.iter_mut() {
+            *v = libm::expf(*v - max);
+            sum += *v;
+        }
+        total += f64::from(libm::logf(sum) - target_shifted);
+        let k = scale / sum;
+        row.iter_mut().for_each(|v| *v *= k);
+        row[t] -= scale;
+    }
+    Ok(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn uniform_logits_give_log_v() {
+        let mut logits = [3.0f32; 8];
+        let loss = softmax_cross_entropy(&mut logits, 4, &[1, 3]).unwrap();
+        assert!((loss - libm::logf(4.0)).abs() < 1e-6);
+        // Gradient: (1/4 − onehot)/2.
+        assert!((logits[0] - 0.125).abs() < 1e-7 && (logits[1] + 0.375).abs() < 1e-7);
+    }
+
+    #[test]
+    fn huge_logits_stay_finite() {
+        let mut row = [1e30f32, -1e30, 0.0, 1e30];
+        let loss = softmax_cross_entropy(&mut row.clone(), 4, &[1]).unwrap();
+        assert!(loss.is_finite() && loss > 1e29);
+        softmax_in_place(&mut row);
+        assert_eq!(row, [0.5, 0.0, 0.0, 0.5]);
+    }
+
+    #[test]
+    fn bad_target_is_an_error() {
+        assert!(matches!(
+            softmax_cross_entropy(&mut [0.0; 4], 4, &[4]),
+            Err(Error::TokenOutOfRange { id: 4, vocab: 4 })
+        ));
+    }
+
+    proptest! {
+        #[test]
+        fn softmax_finite_normalised(v in proptest::collection::vec(-3.0e38f32..3.0e38, 1..40)) {
+            let mut row = v.clone();
+            softmax_in_place(&mut row);
+            let sum: f32 = row.iter().sum();
+            prop_assert!(row.iter().all(|p| p.is_finite() && (0.0..=1.0).contains(p)));
+            prop_assert!((sum - 1.0).abs() < 1e-4);
+            let lse = log_sum_exp(&v);
+            prop_assert!(lse.is_finite());
+        }
+
+        #[test]
+        fn cross_entropy_finite_nonnegative(v in proptest::collection::vec(-1.0e30f32..1.0e30, 2..40), t in 0usize..2) {
+            let mut row = v.clone();
+            let loss = softmax_cross_entropy(&mut row, v.len(), &[t as u32]).unwrap();
+            prop_assert!(loss.is_finite() && loss >= 0.0);
+            prop_assert!(row.iter().all(|g| g.is_finite() && (-1.0..=1.0).contains(g)));
+            let s = cross_entropy_sum(&v, v.len(), &[t as u32]).unwrap();
+            prop_assert!((s as f32 - loss).abs() <= 1e-6 * loss.abs().max(1.0));
+        }
+    }
+}

@@ -1,0 +1,17 @@
+//! Host trainer for the 2-layer tied LSTM language model ("BetterRnnlm").
+//!
+//! Owns what needs `std`: data loading ([`data`]), presets ([`config`]), the fast threaded GEMM
+//! ([`gemm`]), the model's buffers and call order ([`model`]), checkpoints ([`checkpoint`]) and
+//! the training loop ([`training`]). The mathematics itself is `lstm-core`'s.
+
+pub mod checkpoint;
+pub mod config;
+pub mod data;
+pub mod gemm;
+pub mod model;
+pub mod training;
+
+pub use checkpoint::Checkpoint;
+pub use config::Config;
+pub use data::Corpus;
+pub use training::{RunOptions, train};

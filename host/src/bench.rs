@@ -1,0 +1,137 @@
+//! `host bench`: throughput numbers printed beside a GEMM peak measured in the same run, since
+//! shared machines are noisy and only ratios travel.
+
+use clap::Subcommand;
+use lstm_core::{Gemm, Mat, Rng};
+use std::time::Instant;
+use trainer::config::Config;
+use trainer::gemm::FastGemm;
+use trainer::model::{Dims, Layout, Workspace, init_params};
+
+#[derive(Subcommand, Debug)]
+pub enum BenchCommand {
+    /// Training and evaluation tokens/s for a preset, and the GEMM peak.
+    Train {
+        /// Preset to measure.
+        #[arg(long, default_value = "embedded")]
+        preset: String,
+        /// Vocabulary size (PTB: 10000).
+        #[arg(long, default_value_t = 10_000)]
+        vocab: usize,
+        /// Timed training iterations.
+        #[arg(long, default_value_t = 20)]
+        iters: usize,
+        /// Worker threads [default: all cores].
+        #[arg(long)]
+        threads: Option<usize>,
+    },
+}
+
+/// Multiply-adds per token of one forward pass: `V·D + Σ 4H(D+H)`.
+pub fn macs_per_token(dims: Dims) -> f64 {
+    let d = dims.dim as f64;
+    dims.vocab as f64 * d + dims.layers as f64 * 4.0 * d * (d + d)
+}
+
+/// GFLOP/s of a `n³` product through [`FastGemm`].
+pub fn gemm_peak(n: usize) -> f64 {
+    let mut rng = Rng::new(1);
+    let a: Vec<f32> = (0..n * n).map(|_| rng.normal()).collect();
+    let b: Vec<f32> = (0..n * n).map(|_| rng.normal()).collect();
+    let mut c = vec![0.0f32; n * n];
+    let gemm = FastGemm::all_threads();
+    gemm.gemm(1.0, Mat::new(&a, n, n), Mat::new(&b, n, n), 0.0, &mut c); // warm-up
+    let reps = 3;
+    let t = Instant::now();
+    for _ in 0..reps {
+        gemm.gemm(1.0, Mat::new(&a, n, n), Mat::new(&b, n, n), 0.0, &mut c);
+    }
+    2.0 * (n as f64).powi(3) * reps as f64 / t.elapsed().as_secs_f64() / 1e9
+}
+
+pub fn run(cmd: BenchCommand) -> Result<(), String> {
+    match cmd {
+        BenchCommand::Train {
+            preset,
+            vocab,
+            iters,
+            threads,
+        } => {
+            if let Some(n) = threads {
+                rayon::ThreadPoolBuilder::new()
+                    .num_threads(n)
+                    .build_global()
+                    .map_err(|e| e.to_string())?;
+            }
+            let cfg = Config::preset(&preset).map_err(|e| e.to_string())?;
+            let dims = Dims {
+                vocab,
+                dim: cfg.dim,
+                layers: cfg.layers,
+            };
+            let layout = Layout::new(dims);
+            let mut rng = Rng::new(1);
+            let mut params = init_params(&layout, &mut rng);
+            let gemm = FastGemm::all_threads();
+            let rows = cfg.batch * cfg.time;
+            let ids: Vec<u32> = (0..rows)
+                .map(|_| (rng.next_u64() % vocab as u64) as u32)
+                .collect();
+            let targets: Vec<u32> = (0..rows)
+                .map(|_| (rng.next_u64() % vocab as u64) as u32)
+                .collect();
+            let mut ws = Workspace::new(&layout, cfg.batch, cfg.time, gemm);
+            let dropout = lstm_core::dropout::Dropout { p: cfg.dropout };
+            let step =
+                |ws: &mut Workspace, params: &mut Vec<f32>, rng: &mut Rng| -> Result<(), String> {
+                    ws.train_step(params, &ids, &targets, dropout, rng)
+                        .map_err(|e| e.to_string())?;
+                    lstm_core::optim::clip_grad_norm(&mut [&mut ws.grads], cfg.max_grad);
+                    lstm_core::optim::sgd_step(params, &ws.grads, 0.1);
+                    Ok(())
+                };
+            step(&mut ws, &mut params, &mut rng)?;
+            let t = Instant::now();
+            for _ in 0..iters {
+                step(&mut ws, &mut params, &mut rng)?;
+            }
+            let train_tps = (iters * rows) as f64 / t.elapsed().as_secs_f64();
+            let mut eval_ws = Workspace::new(&layout, 10, 35, gemm);
+            let eval_ids = &ids[..350.min(rows)];
+            let eval_rows = eval_ids.len();
+            let mut eval_ids_full = eval_ids.to_vec();
+            eval_ids_full.resize(350, 0);
+            let t = Instant::now();
+            let eval_iters = iters * 2;
+            for _ in 0..eval_iters {
+                eval_ws
+                    .eval_step(&params, &eval_ids_full, &eval_ids_full)
+                    .map_err(|e| e.to_string())?;
+            }
+            let _ = eval_rows;
+            let eval_tps = (eval_iters * 350) as f64 / t.elapsed().as_secs_f64();
+            let peak = gemm_peak(2048);
+            let macs = macs_per_token(dims);
+            let train_gflops = train_tps * macs * 2.0 * 3.0 / 1e9;
+            let eval_gflops = eval_tps * macs * 2.0 / 1e9;
+            println!(
+                "preset {preset}: V={vocab} D=H={} layers={} batch={} time={} threads={}",
+                cfg.dim,
+                cfg.layers,
+                cfg.batch,
+                cfg.time,
+                rayon::current_num_threads()
+            );
+            println!("gemm 2048³ (same run):  {peak:8.1} GFLOP/s");
+            println!(
+                "train: {train_tps:10.0} tokens/s  {train_gflops:7.1} GFLOP/s  ({:.0}% of the GEMM peak)",
+                100.0 * train_gflops / peak
+            );
+            println!(
+                "eval:  {eval_tps:10.0} tokens/s  {eval_gflops:7.1} GFLOP/s  ({:.0}% of the GEMM peak)",
+                100.0 * eval_gflops / peak
+            );
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,250 @@
+//! `host`: the command-line program. Parsing and presentation only; the work is in `trainer`
+//! and `lstm-core`.
+
+mod bench;
+mod plot;
+mod progress;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use trainer::config::Config;
+use trainer::data::Split;
+use trainer::gemm::FastGemm;
+use trainer::model::Layout;
+use trainer::training::{Outcome, RunOptions, perplexity_with};
+use trainer::{Checkpoint, Corpus};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "host",
+    version,
+    about = "Train a word-level LSTM language model and run it anywhere"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Train a model on Penn Treebank (default: the `embedded` preset on data/ptb).
+    Train(TrainArgs),
+    /// Perplexity of a checkpoint on a split, computed like validation during training.
+    Eval(EvalArgs),
+    /// Benchmarks.
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
+}
+
+#[derive(clap::Args, Debug)]
+struct TrainArgs {
+    /// Preset: embedded, small, book, tiny.
+    #[arg(long, default_value = "embedded")]
+    preset: String,
+    /// Directory holding ptb.{train,valid,test}.txt.
+    #[arg(long, default_value = "data/ptb")]
+    data: PathBuf,
+    /// Output directory [default: runs/<preset>].
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Number of epochs.
+    #[arg(long)]
+    epochs: Option<usize>,
+    /// Stop after this many iterations in total (resumable).
+    #[arg(long)]
+    max_steps: Option<u64>,
+    /// Random seed.
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Worker threads [default: all cores].
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Continue the run in --out from its last checkpoint.
+    #[arg(long)]
+    resume: bool,
+    /// Embedding width D.
+    #[arg(long)]
+    dim: Option<usize>,
+    /// Hidden width H (must equal D).
+    #[arg(long)]
+    hidden: Option<usize>,
+    /// Dropout probability.
+    #[arg(long)]
+    dropout: Option<f32>,
+    /// Parallel streams.
+    #[arg(long)]
+    batch: Option<usize>,
+    /// BPTT steps.
+    #[arg(long)]
+    time: Option<usize>,
+    /// Initial learning rate.
+    #[arg(long)]
+    lr: Option<f32>,
+    /// Gradient-norm clip.
+    #[arg(long)]
+    max_grad: Option<f32>,
+    /// Minutes between mid-epoch checkpoints.
+    #[arg(long, default_value_t = 5.0)]
+    checkpoint_minutes: f64,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum SplitArg {
+    Train,
+    Valid,
+    Test,
+}
+
+#[derive(clap::Args, Debug)]
+struct EvalArgs {
+    /// Checkpoint written by `host train`.
+    #[arg(long)]
+    checkpoint: PathBuf,
+    /// Which split.
+    #[arg(long, value_enum, default_value = "valid")]
+    split: SplitArg,
+    /// Directory holding ptb.{train,valid,test}.txt.
+    #[arg(long, default_value = "data/ptb")]
+    data: PathBuf,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    json: bool,
+    /// Worker threads [default: all cores].
+    #[arg(long)]
+    threads: Option<usize>,
+}
+
+fn set_threads(threads: Option<usize>) -> Result<(), String> {
+    if let Some(n) = threads {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(n.max(1))
+            .build_global()
+            .map_err(|e| format!("cannot start {n} threads: {e}"))?;
+    }
+    Ok(())
+}
+
+fn load_corpus(dir: &std::path::Path) -> Result<Corpus, String> {
+    let spinner = progress::spinner(format!("loading {}", dir.display()));
+    let corpus = Corpus::load(dir).map_err(|e| e.to_string());
+    spinner.finish_and_clear();
+    corpus
+}
+
+fn train(args: TrainArgs) -> Result<(), String> {
+    set_threads(args.threads)?;
+    let mut config = Config::preset(&args.preset).map_err(|e| e.to_string())?;
+    macro_rules! override_field {
+        ($($f:ident),*) => { $( if let Some(v) = args.$f { config.$f = v; } )* };
+    }
+    override_field!(
+        epochs, seed, dim, hidden, dropout, batch, time, lr, max_grad
+    );
+    if args.dim.is_some() && args.hidden.is_none() {
+        config.hidden = config.dim;
+    }
+    config.validate().map_err(|e| e.to_string())?;
+    let out = args
+        .out
+        .unwrap_or_else(|| PathBuf::from("runs").join(&args.preset));
+    let corpus = load_corpus(&args.data)?;
+    let params = trainer::training::parameter_count(trainer::model::Dims {
+        vocab: corpus.vocab.len(),
+        dim: config.dim,
+        layers: config.layers,
+    });
+    eprintln!(
+        "preset {} · V={} D=H={} layers={} · {} parameters · {} threads · output {}",
+        config.preset,
+        corpus.vocab.len(),
+        config.dim,
+        config.layers,
+        params,
+        rayon::current_num_threads(),
+        out.display()
+    );
+    let mut opts = RunOptions::new(&out);
+    opts.resume = args.resume;
+    opts.max_steps = args.max_steps;
+    opts.checkpoint_every =
+        std::time::Duration::from_secs_f64((args.checkpoint_minutes * 60.0).max(1.0));
+    let mut observer = progress::TrainProgress::new(&out);
+    let outcome = trainer::train(&config, &corpus, &opts, &mut observer).map_err(|e| e.to_string());
+    observer.finish();
+    if let Err(e) = plot::perplexity_chart(&out) {
+        eprintln!(
+            "warning: could not draw {}: {e}",
+            out.join("perplexity.png").display()
+        );
+    }
+    match outcome? {
+        Outcome::Finished => {
+            let summary = std::fs::read_to_string(out.join("summary.json")).unwrap_or_default();
+            println!("{summary}");
+        }
+        Outcome::Paused => println!(
+            "paused; continue with: host train --preset {} --out {} --resume",
+            args.preset,
+            out.display()
+        ),
+    }
+    Ok(())
+}
+
+fn eval(args: EvalArgs) -> Result<(), String> {
+    set_threads(args.threads)?;
+    let ckpt = Checkpoint::load(&args.checkpoint).map_err(|e| e.to_string())?;
+    let corpus = load_corpus(&args.data)?;
+    if ckpt.vocab != corpus.vocab.words() {
+        return Err(format!(
+            "{} was trained on a different vocabulary ({} words) than {} ({} words)",
+            args.checkpoint.display(),
+            ckpt.vocab.len(),
+            args.data.display(),
+            corpus.vocab.len()
+        ));
+    }
+    let split = match args.split {
+        SplitArg::Train => Split::Train,
+        SplitArg::Valid => Split::Valid,
+        SplitArg::Test => Split::Test,
+    };
+    let layout = Layout::new(ckpt.dims());
+    let bar = progress::bar(0, format!("eval {}", split.file_name()));
+    let ppl = perplexity_with(
+        &layout,
+        &ckpt.params,
+        corpus.split(split),
+        FastGemm::all_threads(),
+        |done, total| {
+            bar.set_length(total as u64);
+            bar.set_position(done as u64);
+        },
+    )
+    .map_err(|e| e.to_string())?;
+    bar.finish_and_clear();
+    if args.json {
+        let v = serde_json::json!({ "split": split.file_name(), "perplexity": ppl, "checkpoint": args.checkpoint });
+        println!("{v}");
+    } else {
+        println!("perplexity {ppl:.4}");
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Train(a) => train(a),
+        Command::Eval(a) => eval(a),
+        Command::Bench(b) => bench::run(b),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
