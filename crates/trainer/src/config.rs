@@ -159,8 +159,8 @@ impl Config {
         Ok(())
     }
 
-    /// Names of the fields that differ from `other`, ignoring `epochs` (a resumed run may be
-    /// extended).
+    /// Names of the fields that differ from `other`, ignoring what a resumed run may change:
+    /// `epochs` (extend the run), `lr` and `max_grad` (recover from divergence).
     pub fn differences(&self, other: &Config) -> Vec<String> {
         let mut out = Vec::new();
         let mut cmp = |name: &str, a: String, b: String| {
@@ -179,12 +179,6 @@ impl Config {
         );
         cmp("batch", self.batch.to_string(), other.batch.to_string());
         cmp("time", self.time.to_string(), other.time.to_string());
-        cmp("lr", self.lr.to_string(), other.lr.to_string());
-        cmp(
-            "max_grad",
-            self.max_grad.to_string(),
-            other.max_grad.to_string(),
-        );
         cmp("seed", self.seed.to_string(), other.seed.to_string());
         out
     }

@@ -131,7 +131,7 @@ mod tests {
                 FastGemm::new(1).gemm(0.5, am, bm, 0.25, &mut one);
                 let mut many = c0.clone();
                 FastGemm::new(4).gemm(0.5, am, bm, 0.25, &mut many);
-                for ((w, o), p) in want.iter().zip(&one).zip(&many) {
+                for (w, o) in want.iter().zip(&one) {
                     assert!(
                         (w - o).abs() <= 1e-4 * (1.0 + w.abs()),
                         "{m}x{n}x{k} {ta} {tb}: {w} vs {o}"

@@ -318,6 +318,12 @@ pub fn train(
             });
         }
         c.config.epochs = config.epochs;
+        if c.config.lr != config.lr {
+            observer.message(&format!("learning rate set to {} (was {})", config.lr, c.progress.lr));
+            c.progress.lr = config.lr;
+            c.config.lr = config.lr;
+        }
+        c.config.max_grad = config.max_grad;
         truncate_log(&metrics_path, c.progress.step)?;
         truncate_log(&log_path, c.progress.step)?;
         observer.message(&format!(
@@ -397,6 +403,9 @@ pub fn train(
             }
             clip_grad_norm(&mut [&mut ws.grads], config.max_grad);
             sgd_step(&mut ckpt.params, &ws.grads, ckpt.progress.lr);
+            if ckpt.params.iter().any(|v| !v.is_finite()) {
+                return Err(TrainError::NonFiniteLoss { loss: f32::INFINITY, step: ckpt.progress.step + 1, epoch, last: last_path });
+            }
             let p = &mut ckpt.progress;
             p.step += 1;
             p.iter_in_epoch = it + 1;
