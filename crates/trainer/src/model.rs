@@ -307,9 +307,19 @@ impl Workspace {
 
     /// The training loss (dropout drawn from `rng`, like [`Workspace::train_step`]) without the
     /// gradient, accumulated in f64: the reference for finite-difference checks.
-    pub fn train_loss(&mut self, params: &[f32], ids: &[u32], targets: &[u32], dropout: Dropout, rng: &mut Rng) -> Result<f64, lstm_core::Error> {
+    pub fn train_loss(
+        &mut self,
+        params: &[f32],
+        ids: &[u32],
+        targets: &[u32],
+        dropout: Dropout,
+        rng: &mut Rng,
+    ) -> Result<f64, lstm_core::Error> {
         self.forward(params, ids, dropout, rng, true)?;
-        Ok(cross_entropy_sum(&self.logits, self.layout.dims.vocab, targets)? / targets.len() as f64)
+        Ok(
+            cross_entropy_sum(&self.logits, self.layout.dims.vocab, targets)?
+                / targets.len() as f64,
+        )
     }
 
     /// Logits of the last forward pass, `rows × V`.

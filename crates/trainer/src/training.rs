@@ -319,7 +319,10 @@ pub fn train(
         }
         c.config.epochs = config.epochs;
         if c.config.lr != config.lr {
-            observer.message(&format!("learning rate set to {} (was {})", config.lr, c.progress.lr));
+            observer.message(&format!(
+                "learning rate set to {} (was {})",
+                config.lr, c.progress.lr
+            ));
             c.progress.lr = config.lr;
             c.config.lr = config.lr;
         }
@@ -404,7 +407,12 @@ pub fn train(
             clip_grad_norm(&mut [&mut ws.grads], config.max_grad);
             sgd_step(&mut ckpt.params, &ws.grads, ckpt.progress.lr);
             if ckpt.params.iter().any(|v| !v.is_finite()) {
-                return Err(TrainError::NonFiniteLoss { loss: f32::INFINITY, step: ckpt.progress.step + 1, epoch, last: last_path });
+                return Err(TrainError::NonFiniteLoss {
+                    loss: f32::INFINITY,
+                    step: ckpt.progress.step + 1,
+                    epoch,
+                    last: last_path,
+                });
             }
             let p = &mut ckpt.progress;
             p.step += 1;
