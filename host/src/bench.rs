@@ -25,6 +25,69 @@ pub enum BenchCommand {
         #[arg(long)]
         threads: Option<usize>,
     },
+    /// Latency per token of the int8 predictor (feed + top-5), next to the f32 model
+    /// evaluated one token at a time in the same run.
+    Predict {
+        /// Int8 model written by `host export`.
+        #[arg(long)]
+        model: std::path::PathBuf,
+        /// f32 checkpoint for the reference (optional).
+        #[arg(long)]
+        checkpoint: Option<std::path::PathBuf>,
+        /// Tokens to time.
+        #[arg(long, default_value_t = 2000)]
+        tokens: usize,
+    },
+}
+
+fn bench_predict(
+    model_path: &std::path::PathBuf,
+    checkpoint: Option<&std::path::PathBuf>,
+    tokens: usize,
+) -> Result<(), String> {
+    let bytes = crate::infer::read_model(model_path)?;
+    let model = lstm_core::QuantModel::from_bytes(&bytes).map_err(|e| e.to_string())?;
+    let mut rng = Rng::new(7);
+    let ids: Vec<u32> = (0..tokens).map(|_| (rng.next_u64() % model.vocab() as u64) as u32).collect();
+    let mut p = trainer::quantized::host_predictor(&model);
+    let t = Instant::now();
+    let mut checksum = 0u64;
+    for &id in &ids {
+        p.feed(id).map_err(|e| e.to_string())?;
+        checksum += u64::from(p.top_k::<5>().map_err(|e| e.to_string())?[0].id);
+    }
+    let int8 = t.elapsed().as_secs_f64() / tokens as f64;
+    let macs = macs_per_token(Dims { vocab: model.vocab(), dim: model.dim(), layers: model.layers() });
+    println!(
+        "model: V={} D=H={} layers={} · {:.2} M multiply-adds per token",
+        model.vocab(),
+        model.dim(),
+        model.layers(),
+        macs / 1e6
+    );
+    println!(
+        "int8 predictor (1 thread): {:8.1} µs/token  {:8.0} tokens/s  {:.2} GMAC/s  (checksum {checksum})",
+        int8 * 1e6,
+        1.0 / int8,
+        macs / int8 / 1e9
+    );
+    if let Some(path) = checkpoint {
+        let ckpt = trainer::Checkpoint::load(path).map_err(|e| e.to_string())?;
+        let layout = Layout::new(ckpt.dims());
+        let mut ws = Workspace::new(&layout, 1, 1, FastGemm::new(1));
+        let t = Instant::now();
+        for &id in &ids {
+            ws.predict(&ckpt.params, &[id]).map_err(|e| e.to_string())?;
+        }
+        let f32_time = t.elapsed().as_secs_f64() / tokens as f64;
+        println!(
+            "f32 model, batch 1 (1 thread): {:8.1} µs/token  {:8.0} tokens/s  (int8 is {:.2}× its speed)",
+            f32_time * 1e6,
+            1.0 / f32_time,
+            f32_time / int8
+        );
+    }
+    Ok(())
 }
 
 /// Multiply-adds per token of one forward pass: `V·D + Σ 4H(D+H)`.
@@ -51,45 +114,28 @@ pub fn gemm_peak(n: usize) -> f64 {
 
 pub fn run(cmd: BenchCommand) -> Result<(), String> {
     match cmd {
-        BenchCommand::Train {
-            preset,
-            vocab,
-            iters,
-            threads,
-        } => {
+        BenchCommand::Predict { model, checkpoint, tokens } => bench_predict(&model, checkpoint.as_ref(), tokens),
+        BenchCommand::Train { preset, vocab, iters, threads } => {
             if let Some(n) = threads {
-                rayon::ThreadPoolBuilder::new()
-                    .num_threads(n)
-                    .build_global()
-                    .map_err(|e| e.to_string())?;
+                rayon::ThreadPoolBuilder::new().num_threads(n).build_global().map_err(|e| e.to_string())?;
             }
             let cfg = Config::preset(&preset).map_err(|e| e.to_string())?;
-            let dims = Dims {
-                vocab,
-                dim: cfg.dim,
-                layers: cfg.layers,
-            };
+            let dims = Dims { vocab, dim: cfg.dim, layers: cfg.layers };
             let layout = Layout::new(dims);
             let mut rng = Rng::new(1);
             let mut params = init_params(&layout, &mut rng);
             let gemm = FastGemm::all_threads();
             let rows = cfg.batch * cfg.time;
-            let ids: Vec<u32> = (0..rows)
-                .map(|_| (rng.next_u64() % vocab as u64) as u32)
-                .collect();
-            let targets: Vec<u32> = (0..rows)
-                .map(|_| (rng.next_u64() % vocab as u64) as u32)
-                .collect();
+            let ids: Vec<u32> = (0..rows).map(|_| (rng.next_u64() % vocab as u64) as u32).collect();
+            let targets: Vec<u32> = (0..rows).map(|_| (rng.next_u64() % vocab as u64) as u32).collect();
             let mut ws = Workspace::new(&layout, cfg.batch, cfg.time, gemm);
             let dropout = lstm_core::dropout::Dropout { p: cfg.dropout };
-            let step =
-                |ws: &mut Workspace, params: &mut Vec<f32>, rng: &mut Rng| -> Result<(), String> {
-                    ws.train_step(params, &ids, &targets, dropout, rng)
-                        .map_err(|e| e.to_string())?;
-                    lstm_core::optim::clip_grad_norm(&mut [&mut ws.grads], cfg.max_grad);
-                    lstm_core::optim::sgd_step(params, &ws.grads, 0.1);
-                    Ok(())
-                };
+            let step = |ws: &mut Workspace, params: &mut Vec<f32>, rng: &mut Rng| -> Result<(), String> {
+                ws.train_step(params, &ids, &targets, dropout, rng).map_err(|e| e.to_string())?;
+                lstm_core::optim::clip_grad_norm(&mut [&mut ws.grads], cfg.max_grad);
+                lstm_core::optim::sgd_step(params, &ws.grads, 0.1);
+                Ok(())
+            };
             step(&mut ws, &mut params, &mut rng)?;
             let t = Instant::now();
             for _ in 0..iters {
@@ -104,9 +150,7 @@ pub fn run(cmd: BenchCommand) -> Result<(), String> {
             let t = Instant::now();
             let eval_iters = iters * 2;
             for _ in 0..eval_iters {
-                eval_ws
-                    .eval_step(&params, &eval_ids_full, &eval_ids_full)
-                    .map_err(|e| e.to_string())?;
+                eval_ws.eval_step(&params, &eval_ids_full, &eval_ids_full).map_err(|e| e.to_string())?;
             }
             let _ = eval_rows;
             let eval_tps = (eval_iters * 350) as f64 / t.elapsed().as_secs_f64();

@@ -2,6 +2,7 @@
 //! and `lstm-core`.
 
 mod bench;
+mod infer;
 mod plot;
 mod progress;
 
@@ -16,11 +17,7 @@ use trainer::training::{Outcome, RunOptions, perplexity_with};
 use trainer::{Checkpoint, Corpus};
 
 #[derive(Parser, Debug)]
-#[command(
-    name = "host",
-    version,
-    about = "Train a word-level LSTM language model and run it anywhere"
-)]
+#[command(name = "host", version, about = "Train a word-level LSTM language model and run it anywhere")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -32,6 +29,12 @@ enum Command {
     Train(TrainArgs),
     /// Perplexity of a checkpoint on a split, computed like validation during training.
     Eval(EvalArgs),
+    /// Export a checkpoint: int8 model file (default) or f32 safetensors.
+    Export(infer::ExportArgs),
+    /// Top-k next words after a prompt, with the int8 model.
+    Predict(infer::PredictArgs),
+    /// Sample a continuation.
+    Generate(infer::GenerateArgs),
     /// Benchmarks.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -97,10 +100,14 @@ enum SplitArg {
 }
 
 #[derive(clap::Args, Debug)]
+#[command(group(clap::ArgGroup::new("source").required(true).args(["model", "checkpoint"])))]
 struct EvalArgs {
-    /// Checkpoint written by `host train`.
+    /// f32 checkpoint written by `host train`.
     #[arg(long)]
-    checkpoint: PathBuf,
+    checkpoint: Option<PathBuf>,
+    /// Int8 model written by `host export` (evaluated through the quantized predictor).
+    #[arg(long)]
+    model: Option<PathBuf>,
     /// Which split.
     #[arg(long, value_enum, default_value = "valid")]
     split: SplitArg,
@@ -138,16 +145,12 @@ fn train(args: TrainArgs) -> Result<(), String> {
     macro_rules! override_field {
         ($($f:ident),*) => { $( if let Some(v) = args.$f { config.$f = v; } )* };
     }
-    override_field!(
-        epochs, seed, dim, hidden, dropout, batch, time, lr, max_grad
-    );
+    override_field!(epochs, seed, dim, hidden, dropout, batch, time, lr, max_grad);
     if args.dim.is_some() && args.hidden.is_none() {
         config.hidden = config.dim;
     }
     config.validate().map_err(|e| e.to_string())?;
-    let out = args
-        .out
-        .unwrap_or_else(|| PathBuf::from("runs").join(&args.preset));
+    let out = args.out.unwrap_or_else(|| PathBuf::from("runs").join(&args.preset));
     let corpus = load_corpus(&args.data)?;
     let params = trainer::training::parameter_count(trainer::model::Dims {
         vocab: corpus.vocab.len(),
@@ -167,65 +170,74 @@ fn train(args: TrainArgs) -> Result<(), String> {
     let mut opts = RunOptions::new(&out);
     opts.resume = args.resume;
     opts.max_steps = args.max_steps;
-    opts.checkpoint_every =
-        std::time::Duration::from_secs_f64((args.checkpoint_minutes * 60.0).max(1.0));
+    opts.checkpoint_every = std::time::Duration::from_secs_f64((args.checkpoint_minutes * 60.0).max(1.0));
     let mut observer = progress::TrainProgress::new(&out);
     let outcome = trainer::train(&config, &corpus, &opts, &mut observer).map_err(|e| e.to_string());
     observer.finish();
     if let Err(e) = plot::perplexity_chart(&out) {
-        eprintln!(
-            "warning: could not draw {}: {e}",
-            out.join("perplexity.png").display()
-        );
+        eprintln!("warning: could not draw {}: {e}", out.join("perplexity.png").display());
     }
     match outcome? {
         Outcome::Finished => {
             let summary = std::fs::read_to_string(out.join("summary.json")).unwrap_or_default();
             println!("{summary}");
         }
-        Outcome::Paused => println!(
-            "paused; continue with: host train --preset {} --out {} --resume",
-            args.preset,
-            out.display()
-        ),
+        Outcome::Paused => {
+            println!("paused; continue with: host train --preset {} --out {} --resume", args.preset, out.display())
+        }
     }
     Ok(())
 }
 
+fn vocab_mismatch(file: &std::path::Path, words: usize, data: &std::path::Path, data_words: usize) -> String {
+    format!(
+        "{} was trained on a different vocabulary ({words} words) than {} ({data_words} words)",
+        file.display(),
+        data.display()
+    )
+}
+
 fn eval(args: EvalArgs) -> Result<(), String> {
     set_threads(args.threads)?;
-    let ckpt = Checkpoint::load(&args.checkpoint).map_err(|e| e.to_string())?;
-    let corpus = load_corpus(&args.data)?;
-    if ckpt.vocab != corpus.vocab.words() {
-        return Err(format!(
-            "{} was trained on a different vocabulary ({} words) than {} ({} words)",
-            args.checkpoint.display(),
-            ckpt.vocab.len(),
-            args.data.display(),
-            corpus.vocab.len()
-        ));
-    }
     let split = match args.split {
         SplitArg::Train => Split::Train,
         SplitArg::Valid => Split::Valid,
         SplitArg::Test => Split::Test,
     };
-    let layout = Layout::new(ckpt.dims());
-    let bar = progress::bar(0, format!("eval {}", split.file_name()));
-    let ppl = perplexity_with(
-        &layout,
-        &ckpt.params,
-        corpus.split(split),
-        FastGemm::all_threads(),
-        |done, total| {
-            bar.set_length(total as u64);
-            bar.set_position(done as u64);
-        },
-    )
-    .map_err(|e| e.to_string())?;
-    bar.finish_and_clear();
+    let (ppl, file, kind) = if let Some(path) = &args.checkpoint {
+        let ckpt = Checkpoint::load(path).map_err(|e| e.to_string())?;
+        let corpus = load_corpus(&args.data)?;
+        if ckpt.vocab != corpus.vocab.words() {
+            return Err(vocab_mismatch(path, ckpt.vocab.len(), &args.data, corpus.vocab.len()));
+        }
+        let layout = Layout::new(ckpt.dims());
+        let bar = progress::bar(0, format!("eval {}", split.file_name()));
+        let ppl =
+            perplexity_with(&layout, &ckpt.params, corpus.split(split), FastGemm::all_threads(), |done, total| {
+                bar.set_length(total as u64);
+                bar.set_position(done as u64);
+            })
+            .map_err(|e| e.to_string())?;
+        bar.finish_and_clear();
+        (ppl, path.clone(), "f32")
+    } else {
+        let path = args.model.clone().expect("clap requires --model or --checkpoint");
+        let bytes = infer::read_model(&path)?;
+        let model = lstm_core::QuantModel::from_bytes(&bytes).map_err(|e| e.to_string())?;
+        let corpus = load_corpus(&args.data)?;
+        let same_vocab = model.vocab() == corpus.vocab.len()
+            && corpus.vocab.words().iter().enumerate().all(|(i, w)| model.word(i as u32) == Some(w.as_str()));
+        if !same_vocab {
+            return Err(vocab_mismatch(&path, model.vocab(), &args.data, corpus.vocab.len()));
+        }
+        let tokens = corpus.split(split);
+        let bar = progress::bar(tokens.len() as u64, format!("eval {} (int8)", split.file_name()));
+        let ppl = trainer::quantized::perplexity(&model, tokens, &|n| bar.inc(n as u64)).map_err(|e| e.to_string())?;
+        bar.finish_and_clear();
+        (ppl, path, "int8")
+    };
     if args.json {
-        let v = serde_json::json!({ "split": split.file_name(), "perplexity": ppl, "checkpoint": args.checkpoint });
+        let v = serde_json::json!({ "split": split.file_name(), "perplexity": ppl, "file": file, "weights": kind });
         println!("{v}");
     } else {
         println!("perplexity {ppl:.4}");
@@ -238,6 +250,9 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Train(a) => train(a),
         Command::Eval(a) => eval(a),
+        Command::Export(a) => infer::export(a),
+        Command::Predict(a) => infer::predict(a),
+        Command::Generate(a) => infer::generate(a),
         Command::Bench(b) => bench::run(b),
     };
     match result {

@@ -34,10 +34,7 @@ pub struct TrainProgress {
 impl TrainProgress {
     /// Reports for a run writing into `out`.
     pub fn new(out: &Path) -> TrainProgress {
-        TrainProgress {
-            bar: None,
-            out: out.to_path_buf(),
-        }
+        TrainProgress { bar: None, out: out.to_path_buf() }
     }
 
     /// Clears the bar.
@@ -60,9 +57,7 @@ impl Observer for TrainProgress {
     fn step(&mut self, _epoch: usize, iter: usize, train_ppl: f64, tokens_per_s: f64) {
         if let Some(b) = &self.bar {
             b.set_position(iter as u64);
-            b.set_message(format!(
-                "train ppl {train_ppl:.1} · {tokens_per_s:.0} tok/s"
-            ));
+            b.set_message(format!("train ppl {train_ppl:.1} · {tokens_per_s:.0} tok/s"));
         }
     }
 
@@ -83,9 +78,7 @@ impl Observer for TrainProgress {
             None => eprintln!("{line}"),
         }
         if let Err(e) = crate::plot::perplexity_chart(&self.out) {
-            self.message(&format!(
-                "warning: could not draw the perplexity chart: {e}"
-            ));
+            self.message(&format!("warning: could not draw the perplexity chart: {e}"));
         }
     }
 

@@ -3,10 +3,7 @@
 use std::process::Command;
 
 fn host(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_host"))
-        .args(args)
-        .output()
-        .expect("host runs");
+    let out = Command::new(env!("CARGO_BIN_EXE_host")).args(args).output().expect("host runs");
     (
         out.status.success(),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -18,20 +15,9 @@ fn host(args: &[&str]) -> (bool, String, String) {
 fn missing_data_directory_names_the_file() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("out");
-    let (ok, _, err) = host(&[
-        "train",
-        "--preset",
-        "tiny",
-        "--data",
-        "/no/such/dir",
-        "--out",
-        out.to_str().unwrap(),
-    ]);
+    let (ok, _, err) = host(&["train", "--preset", "tiny", "--data", "/no/such/dir", "--out", out.to_str().unwrap()]);
     assert!(!ok);
-    assert!(
-        err.contains("error: cannot read /no/such/dir/ptb.train.txt"),
-        "{err}"
-    );
+    assert!(err.contains("error: cannot read /no/such/dir/ptb.train.txt"), "{err}");
     assert!(!err.contains("panicked"), "{err}");
 }
 
@@ -39,10 +25,7 @@ fn missing_data_directory_names_the_file() {
 fn untied_dimensions_are_refused() {
     let (ok, _, err) = host(&["train", "--preset", "tiny", "--dim", "32", "--hidden", "16"]);
     assert!(!ok);
-    assert!(
-        err.contains("D=32 must equal the hidden width H=16"),
-        "{err}"
-    );
+    assert!(err.contains("D=32 must equal the hidden width H=16"), "{err}");
 }
 
 #[test]
@@ -53,17 +36,82 @@ fn eval_of_a_missing_or_foreign_checkpoint() {
     let foreign = tmp.path().join("foreign.ckpt");
     std::fs::write(&foreign, b"GIF89a not a model at all").unwrap();
     let (ok, _, err) = host(&["eval", "--checkpoint", foreign.to_str().unwrap()]);
-    assert!(
-        !ok && err.contains("is not a checkpoint of this program"),
-        "{err}"
-    );
+    assert!(!ok && err.contains("is not a checkpoint of this program"), "{err}");
 }
 
 #[test]
 fn unknown_preset_lists_the_choices() {
     let (ok, _, err) = host(&["train", "--preset", "gigantic"]);
-    assert!(
-        !ok && err.contains("unknown preset `gigantic`") && err.contains("embedded"),
-        "{err}"
-    );
+    assert!(!ok && err.contains("unknown preset `gigantic`") && err.contains("embedded"), "{err}");
+}
+
+/// Trains a tiny model on an inline corpus through the CLI; returns (dir, checkpoint path).
+fn tiny_run() -> (tempfile::TempDir, std::path::PathBuf) {
+    let tmp = tempfile::tempdir().unwrap();
+    let line = " the cat sees the dog \n a dog likes the cat \n the <unk> sells a house \n";
+    for name in ["ptb.train.txt", "ptb.valid.txt", "ptb.test.txt"] {
+        std::fs::write(tmp.path().join(name), line.repeat(40)).unwrap();
+    }
+    let out = tmp.path().join("run");
+    let (ok, _, err) = host(&[
+        "train",
+        "--preset",
+        "tiny",
+        "--data",
+        tmp.path().to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--epochs",
+        "2",
+    ]);
+    assert!(ok, "{err}");
+    for f in ["best.ckpt", "last.ckpt", "metrics.jsonl", "summary.json", "perplexity.png"] {
+        assert!(out.join(f).exists(), "{f} missing");
+    }
+    let ckpt = out.join("best.ckpt");
+    (tmp, ckpt)
+}
+
+#[test]
+fn export_predict_generate_and_eval() {
+    let (tmp, ckpt) = tiny_run();
+    let model = tmp.path().join("m.lmq8");
+    let (c, m, d) = (ckpt.to_str().unwrap(), model.to_str().unwrap(), tmp.path().to_str().unwrap());
+    let (ok, out, err) = host(&["export", "--checkpoint", c, "--out", m, "--budget-flash", "1000"]);
+    assert!(!ok && err.contains("over the flash budget of 1000 bytes"), "{err}");
+    assert!(out.contains("embedding") && out.contains("total"), "{out}");
+    assert!(!model.exists(), "a model over budget is not written");
+    let (ok, out, err) = host(&["export", "--checkpoint", c, "--out", m]);
+    assert!(ok && model.exists(), "{err}");
+    assert!(out.contains("vocabulary"), "{out}");
+
+    let (ok, out, err) = host(&["predict", "--model", m, "--top", "3", "the cat zebra"]);
+    assert!(ok, "{err}");
+    assert!(err.contains("not in the vocabulary (read as <unk>): zebra"), "{err}");
+    assert_eq!(out.lines().count(), 4, "{out}");
+
+    let (ok, out, err) = host(&["generate", "--model", m, "--start", "the", "--words", "5", "--seed", "3"]);
+    assert!(ok && out.split_whitespace().count() >= 2, "{out}{err}");
+    let (ok, out, err) = host(&["generate", "--checkpoint", c, "--start", "a", "--words", "5"]);
+    assert!(ok && !out.is_empty(), "{out}{err}");
+
+    for source in [["--checkpoint", c], ["--model", m]] {
+        let (ok, out, err) = host(&["eval", source[0], source[1], "--data", d, "--split", "test", "--json"]);
+        assert!(ok, "{err}");
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        let ppl = v["perplexity"].as_f64().unwrap();
+        assert!(ppl > 1.0 && ppl < 20.0, "{out}");
+    }
+
+    // A damaged model file is refused with the file name and the reason.
+    let mut bytes = std::fs::read(&model).unwrap();
+    bytes.truncate(bytes.len() / 2);
+    let broken = tmp.path().join("broken.lmq8");
+    std::fs::write(&broken, bytes).unwrap();
+    let (ok, _, err) = host(&["predict", "--model", broken.to_str().unwrap(), "the"]);
+    assert!(!ok && err.contains("broken.lmq8: checksum mismatch"), "{err}");
+
+    let sf = tmp.path().join("m.safetensors");
+    let (ok, _, err) = host(&["export", "--checkpoint", c, "--format", "safetensors", "--out", sf.to_str().unwrap()]);
+    assert!(ok && sf.exists() && tmp.path().join("vocab.txt").exists(), "{err}");
 }

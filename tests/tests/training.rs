@@ -3,35 +3,12 @@
 
 use std::path::Path;
 use trainer::Corpus;
+
+mod common;
+use common::write_toy_corpus;
 use trainer::checkpoint::Checkpoint;
 use trainer::config::Config;
 use trainer::training::{Outcome, RunOptions, Silent, TrainError, train};
-
-/// A small corpus with real structure (a toy grammar), written as a PTB-style directory.
-fn write_toy_corpus(dir: &Path, lines: usize) {
-    let subjects = ["the cat", "a dog", "the bank", "mr. smith", "the market"];
-    let verbs = ["sees", "buys", "sells", "likes", "watches"];
-    let objects = ["the stock", "a house", "the fish", "shares", "the news"];
-    let mut rng = lstm_core::Rng::new(11);
-    let mut pick = |xs: &[&'static str]| xs[(rng.next_u64() % xs.len() as u64) as usize];
-    for (name, n) in [
-        ("ptb.train.txt", lines),
-        ("ptb.valid.txt", lines / 5),
-        ("ptb.test.txt", lines / 5),
-    ] {
-        let text: String = (0..n)
-            .map(|_| {
-                format!(
-                    " {} {} {} \n",
-                    pick(&subjects),
-                    pick(&verbs),
-                    pick(&objects)
-                )
-            })
-            .collect();
-        std::fs::write(dir.join(name), text).unwrap();
-    }
-}
 
 fn tiny(epochs: usize) -> Config {
     let mut c = Config::preset("tiny").unwrap();
@@ -53,17 +30,11 @@ fn resumed_run_is_bit_identical_to_an_uninterrupted_one() {
     let config = tiny(2);
 
     let straight = tmp.path().join("straight");
-    assert_eq!(
-        train(&config, &corpus, &opts(&straight), &mut Silent).unwrap(),
-        Outcome::Finished
-    );
+    assert_eq!(train(&config, &corpus, &opts(&straight), &mut Silent).unwrap(), Outcome::Finished);
     let reference = Checkpoint::load(&straight.join("last.ckpt")).unwrap();
-    let iters = trainer::data::TrainBatches::new(corpus.train.len(), config.batch, config.time)
-        .iters_per_epoch() as u64;
-    assert!(
-        iters > 20,
-        "the toy corpus gives {iters} iterations per epoch"
-    );
+    let iters =
+        trainer::data::TrainBatches::new(corpus.train.len(), config.batch, config.time).iters_per_epoch() as u64;
+    assert!(iters > 20, "the toy corpus gives {iters} iterations per epoch");
 
     // Interrupt mid-epoch, at an epoch boundary, and again mid-epoch, then finish.
     let resumed = tmp.path().join("resumed");
@@ -71,40 +42,17 @@ fn resumed_run_is_bit_identical_to_an_uninterrupted_one() {
         let mut o = opts(&resumed);
         o.resume = stop != 7;
         o.max_steps = Some(stop);
-        assert_eq!(
-            train(&config, &corpus, &o, &mut Silent).unwrap(),
-            Outcome::Paused,
-            "stop at {stop}"
-        );
-        assert_eq!(
-            Checkpoint::load(&resumed.join("last.ckpt"))
-                .unwrap()
-                .progress
-                .step,
-            stop
-        );
+        assert_eq!(train(&config, &corpus, &o, &mut Silent).unwrap(), Outcome::Paused, "stop at {stop}");
+        assert_eq!(Checkpoint::load(&resumed.join("last.ckpt")).unwrap().progress.step, stop);
     }
     let mut o = opts(&resumed);
     o.resume = true;
-    assert_eq!(
-        train(&config, &corpus, &o, &mut Silent).unwrap(),
-        Outcome::Finished
-    );
+    assert_eq!(train(&config, &corpus, &o, &mut Silent).unwrap(), Outcome::Finished);
     let finished = Checkpoint::load(&resumed.join("last.ckpt")).unwrap();
     assert_eq!(finished.progress.step, reference.progress.step);
-    let same_bits = finished
-        .params
-        .iter()
-        .zip(&reference.params)
-        .all(|(a, b)| a.to_bits() == b.to_bits());
-    assert!(
-        same_bits,
-        "resumed weights differ from the uninterrupted run"
-    );
-    assert_eq!(
-        finished.progress.best_val_ppl,
-        reference.progress.best_val_ppl
-    );
+    let same_bits = finished.params.iter().zip(&reference.params).all(|(a, b)| a.to_bits() == b.to_bits());
+    assert!(same_bits, "resumed weights differ from the uninterrupted run");
+    assert_eq!(finished.progress.best_val_ppl, reference.progress.best_val_ppl);
     // One metrics line per epoch, no duplicates from the interruptions.
     let lines = std::fs::read_to_string(resumed.join("metrics.jsonl")).unwrap();
     assert_eq!(lines.lines().count(), 2);
@@ -115,11 +63,7 @@ fn tiny_training_lowers_perplexity() {
     let tmp = tempfile::tempdir().unwrap();
     write_toy_corpus(tmp.path(), 400);
     let corpus = Corpus::load(tmp.path()).unwrap();
-    let layout = trainer::model::Layout::new(trainer::model::Dims {
-        vocab: corpus.vocab.len(),
-        dim: 16,
-        layers: 2,
-    });
+    let layout = trainer::model::Layout::new(trainer::model::Dims { vocab: corpus.vocab.len(), dim: 16, layers: 2 });
     let untrained = trainer::model::init_params(&layout, &mut lstm_core::Rng::new(1));
     let gemm = trainer::gemm::FastGemm::all_threads();
     let before = trainer::training::perplexity(&layout, &untrained, &corpus.valid, gemm).unwrap();
@@ -130,24 +74,16 @@ fn tiny_training_lowers_perplexity() {
     let ppl = trainer::training::perplexity(&layout, &after.params, &corpus.valid, gemm).unwrap();
     // Untrained: about the vocabulary size. The grammar allows 5 choices at three of its four
     // positions, so a model that learned it is far below that.
-    assert!(
-        before > 0.8 * corpus.vocab.len() as f64,
-        "untrained perplexity {before}"
-    );
+    assert!(before > 0.8 * corpus.vocab.len() as f64, "untrained perplexity {before}");
     assert!(steps >= 300, "trained {steps} steps");
-    assert!(
-        ppl < 8.0,
-        "perplexity {before:.1} → {ppl:.2} after {steps} steps"
-    );
+    assert!(ppl < 8.0, "perplexity {before:.1} → {ppl:.2} after {steps} steps");
 }
 
 #[test]
 fn bad_inputs_are_clear_errors() {
     let tmp = tempfile::tempdir().unwrap();
     // Missing and empty data files name the file.
-    let err = Corpus::load(&tmp.path().join("nowhere"))
-        .unwrap_err()
-        .to_string();
+    let err = Corpus::load(&tmp.path().join("nowhere")).unwrap_err().to_string();
     assert!(err.contains("nowhere/ptb.train.txt"), "{err}");
     write_toy_corpus(tmp.path(), 100);
     std::fs::write(tmp.path().join("ptb.valid.txt"), "  \n").unwrap();
@@ -159,13 +95,8 @@ fn bad_inputs_are_clear_errors() {
     // D ≠ H with tying.
     let mut untied = tiny(1);
     untied.hidden = 8;
-    let err = train(&untied, &corpus, &opts(&tmp.path().join("u")), &mut Silent)
-        .unwrap_err()
-        .to_string();
-    assert!(
-        err.contains("D=16 must equal the hidden width H=8"),
-        "{err}"
-    );
+    let err = train(&untied, &corpus, &opts(&tmp.path().join("u")), &mut Silent).unwrap_err().to_string();
+    assert!(err.contains("D=16 must equal the hidden width H=8"), "{err}");
 
     // A paused run to play with.
     let out = tmp.path().join("run");
@@ -180,23 +111,15 @@ fn bad_inputs_are_clear_errors() {
     assert!(matches!(err, TrainError::WouldOverwrite { .. }), "{err}");
     let mut o = opts(&tmp.path().join("empty"));
     o.resume = true;
-    assert!(matches!(
-        train(&tiny(1), &corpus, &o, &mut Silent),
-        Err(TrainError::NothingToResume { .. })
-    ));
+    assert!(matches!(train(&tiny(1), &corpus, &o, &mut Silent), Err(TrainError::NothingToResume { .. })));
 
     // A checkpoint whose configuration differs from the flags.
     let mut o = opts(&out);
     o.resume = true;
     let mut other = tiny(1);
     other.dropout = 0.5;
-    let err = train(&other, &corpus, &o, &mut Silent)
-        .unwrap_err()
-        .to_string();
-    assert!(
-        err.contains("dropout: checkpoint has 0.2, requested 0.5"),
-        "{err}"
-    );
+    let err = train(&other, &corpus, &o, &mut Silent).unwrap_err().to_string();
+    assert!(err.contains("dropout: checkpoint has 0.2, requested 0.5"), "{err}");
 
     // Corrupt, truncated and foreign checkpoints.
     for (bytes, want) in [
@@ -212,9 +135,7 @@ fn bad_inputs_are_clear_errors() {
         (b"\x89PNG\r\n\x1a\n....".to_vec(), "not a checkpoint"),
     ] {
         std::fs::write(&last, &bytes).unwrap();
-        let err = train(&tiny(1), &corpus, &o, &mut Silent)
-            .unwrap_err()
-            .to_string();
+        let err = train(&tiny(1), &corpus, &o, &mut Silent).unwrap_err().to_string();
         assert!(err.contains(want) && err.contains("last.ckpt"), "{err}");
     }
     std::fs::write(&last, &good).unwrap();
@@ -223,30 +144,17 @@ fn bad_inputs_are_clear_errors() {
     // ±3e38 make the cross-entropy overflow to infinity on the first step.
     let mut poisoned = Checkpoint::load(&last).unwrap();
     let layout = trainer::model::Layout::new(poisoned.dims());
-    for (k, b) in poisoned.params[layout.out_bias.clone()]
-        .iter_mut()
-        .enumerate()
-    {
+    for (k, b) in poisoned.params[layout.out_bias.clone()].iter_mut().enumerate() {
         *b = if k == 0 { 3e38 } else { -3e38 };
     }
     poisoned.save(&last).unwrap();
     let before = std::fs::read(&last).unwrap();
     let err = train(&tiny(1), &corpus, &o, &mut Silent).unwrap_err();
     assert!(matches!(err, TrainError::NonFiniteLoss { .. }), "{err}");
-    assert!(
-        err.to_string().contains("still holds the last good state"),
-        "{err}"
-    );
-    assert_eq!(
-        std::fs::read(&last).unwrap(),
-        before,
-        "last.ckpt was modified"
-    );
+    assert!(err.to_string().contains("still holds the last good state"), "{err}");
+    assert_eq!(std::fs::read(&last).unwrap(), before, "last.ckpt was modified");
 
     // From the good checkpoint the run goes on.
     std::fs::write(&last, &good).unwrap();
-    assert_eq!(
-        train(&tiny(1), &corpus, &o, &mut Silent).unwrap(),
-        Outcome::Finished
-    );
+    assert_eq!(train(&tiny(1), &corpus, &o, &mut Silent).unwrap(), Outcome::Finished);
 }

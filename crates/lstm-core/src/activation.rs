@@ -55,14 +55,8 @@ mod tests {
         for &(x, s, t) in VECTORS {
             let gs = f64::from(sigmoid(x));
             let gt = f64::from(tanh(x));
-            assert!(
-                (gs - s).abs() <= REL * s.abs().max(1e-38),
-                "sigmoid({x}) = {gs}, want {s}"
-            );
-            assert!(
-                (gt - t).abs() <= REL * t.abs().max(1e-30),
-                "tanh({x}) = {gt}, want {t}"
-            );
+            assert!((gs - s).abs() <= REL * s.abs().max(1e-38), "sigmoid({x}) = {gs}, want {s}");
+            assert!((gt - t).abs() <= REL * t.abs().max(1e-30), "tanh({x}) = {gt}, want {t}");
         }
     }
 

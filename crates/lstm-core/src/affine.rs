@@ -8,13 +8,7 @@ use crate::gemm::{Gemm, Mat};
 use crate::{Error, check_len};
 
 /// `y = x·W + b`; `x` is `M × D`, `w` is logically `D × O`, `y` is `M × O`.
-pub fn affine_forward(
-    gemm: &impl Gemm,
-    x: &[f32],
-    w: Mat<'_>,
-    b: &[f32],
-    y: &mut [f32],
-) -> Result<(), Error> {
+pub fn affine_forward(gemm: &impl Gemm, x: &[f32], w: Mat<'_>, b: &[f32], y: &mut [f32]) -> Result<(), Error> {
     let (d, o) = (w.rows(), w.cols());
     check_len("affine bias", b.len(), o)?;
     let m = x.len().checked_div(d).unwrap_or(0);

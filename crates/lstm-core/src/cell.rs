@@ -42,22 +42,13 @@ pub fn activate_gates(a: &mut [f32]) {
     let h = a.len() / 4;
     let (sig_f, rest) = a.split_at_mut(h);
     let (tanh_g, sig_io) = rest.split_at_mut(h);
-    sig_f
-        .iter_mut()
-        .chain(sig_io.iter_mut())
-        .for_each(|v| *v = sigmoid(*v));
+    sig_f.iter_mut().chain(sig_io.iter_mut()).for_each(|v| *v = sigmoid(*v));
     tanh_g.iter_mut().for_each(|v| *v = tanh(*v));
 }
 
 /// State update from activated gates: writes `c`, `tanh(c)` and `h`.
 #[inline]
-pub fn update_state(
-    gates: &[f32],
-    c_prev: &[f32],
-    c: &mut [f32],
-    tanh_c: &mut [f32],
-    h: &mut [f32],
-) {
+pub fn update_state(gates: &[f32], c_prev: &[f32], c: &mut [f32], tanh_c: &mut [f32], h: &mut [f32]) {
     let n = c_prev.len();
     let (f, rest) = gates.split_at(n);
     let (g, rest) = rest.split_at(n);
@@ -74,13 +65,7 @@ pub fn update_state(
 /// Full cell forward: `a` (4H) holds the pre-activation on entry and the activated gates on exit
 /// (kept for the backward pass); `c`, `tanh_c` and `h` (H each) receive the new state.
 #[inline]
-pub fn cell_forward(
-    a: &mut [f32],
-    c_prev: &[f32],
-    c: &mut [f32],
-    tanh_c: &mut [f32],
-    h: &mut [f32],
-) {
+pub fn cell_forward(a: &mut [f32], c_prev: &[f32], c: &mut [f32], tanh_c: &mut [f32], h: &mut [f32]) {
     debug_assert_eq!(a.len(), 4 * c_prev.len());
     activate_gates(a);
     update_state(a, c_prev, c, tanh_c, h);
@@ -93,13 +78,7 @@ pub fn cell_forward(
 /// - `dh` (H): gradient arriving at this step's `h` (from above and from the next step).
 /// - `dc` (H): gradient of this step's `c` from the next step on entry, `dc_prev` on exit.
 #[inline]
-pub fn cell_backward(
-    gates: &mut [f32],
-    c_prev: &[f32],
-    tanh_c: &[f32],
-    dh: &[f32],
-    dc: &mut [f32],
-) {
+pub fn cell_backward(gates: &mut [f32], c_prev: &[f32], tanh_c: &[f32], dh: &[f32], dc: &mut [f32]) {
     let n = c_prev.len();
     debug_assert_eq!(gates.len(), 4 * n);
     let (f, rest) = gates.split_at_mut(n);
@@ -174,16 +153,8 @@ mod tests {
             assert!((f64::from(a[k]) - gates_want[k]).abs() < 1e-6, "gate {k}");
         }
         for k in 0..2 {
-            assert!(
-                (f64::from(c[k]) - c_want[k]).abs() < 1e-6,
-                "c[{k}] = {}",
-                c[k]
-            );
-            assert!(
-                (f64::from(h[k]) - h_want[k]).abs() < 1e-6,
-                "h[{k}] = {}",
-                h[k]
-            );
+            assert!((f64::from(c[k]) - c_want[k]).abs() < 1e-6, "c[{k}] = {}", c[k]);
+            assert!((f64::from(h[k]) - h_want[k]).abs() < 1e-6, "h[{k}] = {}", h[k]);
         }
         // The written-out values of the new state.
         assert!((f64::from(c[0]) - 0.293_745_689_407_963_8).abs() < 1e-6);

@@ -22,11 +22,7 @@ impl Dropout {
         }
         let keep_scale = 1.0 / (1.0 - self.p);
         for (v, m) in x.iter_mut().zip(mask.iter_mut()) {
-            *m = if rng.next_f32() >= self.p {
-                keep_scale
-            } else {
-                0.0
-            };
+            *m = if rng.next_f32() >= self.p { keep_scale } else { 0.0 };
             *v *= *m;
         }
     }
@@ -52,10 +48,7 @@ mod tests {
         let kept = mask.iter().filter(|&&m| m != 0.0).count();
         let frac = kept as f64 / n as f64;
         assert!((frac - 0.7).abs() < 0.01, "kept fraction {frac}");
-        assert!(
-            mask.iter()
-                .all(|&m| m == 0.0 || (m - 1.0 / 0.7).abs() < 1e-6)
-        );
+        assert!(mask.iter().all(|&m| m == 0.0 || (m - 1.0 / 0.7).abs() < 1e-6));
         // Expectation is preserved.
         let mean: f64 = x.iter().map(|&v| f64::from(v)).sum::<f64>() / n as f64;
         assert!((mean - 2.0).abs() < 0.03, "mean {mean}");

@@ -3,12 +3,7 @@
 use crate::{Error, check_len};
 
 /// Copies row `ids[k]` of `table` (`V × D`) into row `k` of `out` (`ids.len() × D`).
-pub fn embedding_forward(
-    table: &[f32],
-    dim: usize,
-    ids: &[u32],
-    out: &mut [f32],
-) -> Result<(), Error> {
+pub fn embedding_forward(table: &[f32], dim: usize, ids: &[u32], out: &mut [f32]) -> Result<(), Error> {
     check_len("embedding output", out.len(), ids.len() * dim)?;
     let vocab = table.len().checked_div(dim).unwrap_or(0);
     for (&id, row) in ids.iter().zip(out.chunks_exact_mut(dim.max(1))) {
@@ -22,12 +17,7 @@ pub fn embedding_forward(
 }
 
 /// Adds row `k` of `d_out` into row `ids[k]` of `d_table`.
-pub fn embedding_backward(
-    d_table: &mut [f32],
-    dim: usize,
-    ids: &[u32],
-    d_out: &[f32],
-) -> Result<(), Error> {
+pub fn embedding_backward(d_table: &mut [f32], dim: usize, ids: &[u32], d_out: &[f32]) -> Result<(), Error> {
     check_len("embedding output gradient", d_out.len(), ids.len() * dim)?;
     let vocab = d_table.len().checked_div(dim).unwrap_or(0);
     for (&id, row) in ids.iter().zip(d_out.chunks_exact(dim.max(1))) {
@@ -35,10 +25,7 @@ pub fn embedding_backward(
         if id_us >= vocab {
             return Err(Error::TokenOutOfRange { id, vocab });
         }
-        d_table[id_us * dim..(id_us + 1) * dim]
-            .iter_mut()
-            .zip(row)
-            .for_each(|(a, b)| *a += b);
+        d_table[id_us * dim..(id_us + 1) * dim].iter_mut().zip(row).for_each(|(a, b)| *a += b);
     }
     Ok(())
 }
@@ -61,9 +48,6 @@ mod tests {
     #[test]
     fn out_of_range_id_is_an_error() {
         let mut out = [0.0; 2];
-        assert_eq!(
-            embedding_forward(&[0.0; 6], 2, &[3], &mut out),
-            Err(Error::TokenOutOfRange { id: 3, vocab: 3 })
-        );
+        assert_eq!(embedding_forward(&[0.0; 6], 2, &[3], &mut out), Err(Error::TokenOutOfRange { id: 3, vocab: 3 }));
     }
 }

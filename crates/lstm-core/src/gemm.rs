@@ -20,39 +20,23 @@ impl<'a> Mat<'a> {
     /// If `data.len() != rows * cols` (a programming error, never untrusted input).
     pub fn new(data: &'a [f32], rows: usize, cols: usize) -> Self {
         assert_eq!(data.len(), rows * cols, "matrix buffer is not rows × cols");
-        Mat {
-            data,
-            stored_rows: rows,
-            stored_cols: cols,
-            transposed: false,
-        }
+        Mat { data, stored_rows: rows, stored_cols: cols, transposed: false }
     }
 
     /// The transpose, without moving data.
     #[must_use]
     pub fn t(self) -> Self {
-        Mat {
-            transposed: !self.transposed,
-            ..self
-        }
+        Mat { transposed: !self.transposed, ..self }
     }
 
     /// Logical rows (after transposition).
     pub fn rows(&self) -> usize {
-        if self.transposed {
-            self.stored_cols
-        } else {
-            self.stored_rows
-        }
+        if self.transposed { self.stored_cols } else { self.stored_rows }
     }
 
     /// Logical columns (after transposition).
     pub fn cols(&self) -> usize {
-        if self.transposed {
-            self.stored_rows
-        } else {
-            self.stored_cols
-        }
+        if self.transposed { self.stored_rows } else { self.stored_cols }
     }
 
     /// Whether the logical matrix is the transpose of the stored one.
@@ -68,11 +52,7 @@ impl<'a> Mat<'a> {
     /// Element (r, c) of the logical matrix.
     #[inline]
     pub fn at(&self, r: usize, c: usize) -> f32 {
-        if self.transposed {
-            self.data[c * self.stored_cols + r]
-        } else {
-            self.data[r * self.stored_cols + c]
-        }
+        if self.transposed { self.data[c * self.stored_cols + r] } else { self.data[r * self.stored_cols + c] }
     }
 }
 
@@ -93,11 +73,7 @@ pub struct NaiveGemm;
 /// Panics with a clear message unless the shapes agree.
 pub fn check_gemm_shapes(a: &Mat<'_>, b: &Mat<'_>, c_len: usize) {
     assert_eq!(a.cols(), b.rows(), "gemm: inner dimensions differ");
-    assert_eq!(
-        c_len,
-        a.rows() * b.cols(),
-        "gemm: output has the wrong length"
-    );
+    assert_eq!(c_len, a.rows() * b.cols(), "gemm: output has the wrong length");
 }
 
 impl Gemm for NaiveGemm {
@@ -126,13 +102,7 @@ impl Gemm for NaiveGemm {
 
 /// `y = x · W` for one row vector `x` (len `rows`) and row-major `W` (`rows × cols`).
 pub fn vec_mat(x: &[f32], w: &[f32], y: &mut [f32]) {
-    NaiveGemm.gemm(
-        1.0,
-        Mat::new(x, 1, x.len()),
-        Mat::new(w, x.len(), y.len()),
-        0.0,
-        y,
-    );
+    NaiveGemm.gemm(1.0, Mat::new(x, 1, x.len()), Mat::new(w, x.len(), y.len()), 0.0, y);
 }
 
 /// Dot product in index order.
@@ -158,13 +128,7 @@ mod tests {
         let at = [1.0, 4.0, 2.0, 5.0, 3.0, 6.0];
         let bt = [1.0, 0.0, 2.0, 0.0, 1.0, -1.0];
         let mut c2 = [0.0; 4];
-        NaiveGemm.gemm(
-            1.0,
-            Mat::new(&at, 3, 2).t(),
-            Mat::new(&bt, 2, 3).t(),
-            0.0,
-            &mut c2,
-        );
+        NaiveGemm.gemm(1.0, Mat::new(&at, 3, 2).t(), Mat::new(&bt, 2, 3).t(), 0.0, &mut c2);
         assert_eq!(c2, want);
         // alpha and beta.
         let mut c3 = [1.0; 4];
@@ -185,12 +149,6 @@ mod tests {
     #[should_panic(expected = "inner dimensions")]
     fn shape_mismatch_panics() {
         let mut c = [0.0; 4];
-        NaiveGemm.gemm(
-            1.0,
-            Mat::new(&[0.0; 6], 2, 3),
-            Mat::new(&[0.0; 4], 2, 2),
-            0.0,
-            &mut c,
-        );
+        NaiveGemm.gemm(1.0, Mat::new(&[0.0; 6], 2, 3), Mat::new(&[0.0; 4], 2, 2), 0.0, &mut c);
     }
 }

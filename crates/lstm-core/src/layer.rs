@@ -75,23 +75,9 @@ impl<S: AsRef<[f32]> + AsMut<[f32]>> Lstm<S> {
         stateful: bool,
         mut storage: S,
     ) -> Result<Self, Error> {
-        check_len(
-            "lstm storage",
-            storage.as_ref().len(),
-            Self::storage_len(hidden, batch, capacity),
-        )?;
+        check_len("lstm storage", storage.as_ref().len(), Self::storage_len(hidden, batch, capacity))?;
         storage.as_mut().fill(0.0);
-        Ok(Lstm {
-            input,
-            hidden,
-            batch,
-            capacity,
-            stateful,
-            steps: 0,
-            carry: false,
-            tape: false,
-            storage,
-        })
+        Ok(Lstm { input, hidden, batch, capacity, stateful, steps: 0, carry: false, tape: false, storage })
     }
 
     /// Input width D.
@@ -124,14 +110,7 @@ impl<S: AsRef<[f32]> + AsMut<[f32]>> Lstm<S> {
         let (h, s) = s.split_at_mut((cap + 1) * nh);
         let (tanh_c, s) = s.split_at_mut(cap * nh);
         let (dh, dc) = s.split_at_mut(nh);
-        Parts {
-            gates,
-            c,
-            h,
-            tanh_c,
-            dh,
-            dc,
-        }
+        Parts { gates, c, h, tanh_c, dh, dc }
     }
 
     fn h_all(&self) -> &[f32] {
@@ -171,10 +150,7 @@ impl<S: AsRef<[f32]> + AsMut<[f32]>> Lstm<S> {
     pub fn state(&self) -> (&[f32], &[f32]) {
         let nh = self.batch * self.hidden;
         let slot = if self.carry { self.steps } else { 0 };
-        (
-            &self.h_all()[slot * nh..(slot + 1) * nh],
-            &self.c_all()[slot * nh..(slot + 1) * nh],
-        )
+        (&self.h_all()[slot * nh..(slot + 1) * nh], &self.c_all()[slot * nh..(slot + 1) * nh])
     }
 
     /// Outputs h of the last forward, `steps × N × H`, time-major.
@@ -199,19 +175,10 @@ impl<S: AsRef<[f32]> + AsMut<[f32]>> Lstm<S> {
     }
 
     /// Runs `steps` steps on `x` (`steps × N × D`, time-major). The output is in [`Self::output`].
-    pub fn forward(
-        &mut self,
-        gemm: &impl Gemm,
-        w: &LstmWeights<'_>,
-        x: &[f32],
-        steps: usize,
-    ) -> Result<(), Error> {
+    pub fn forward(&mut self, gemm: &impl Gemm, w: &LstmWeights<'_>, x: &[f32], steps: usize) -> Result<(), Error> {
         self.check_weights(w)?;
         if steps > self.capacity {
-            return Err(Error::TooManySteps {
-                steps,
-                capacity: self.capacity,
-            });
+            return Err(Error::TooManySteps { steps, capacity: self.capacity });
         }
         check_len("lstm input", x.len(), steps * self.batch * self.input)?;
         let (n, hd, d) = (self.batch, self.hidden, self.input);
@@ -226,13 +193,7 @@ impl<S: AsRef<[f32]> + AsMut<[f32]>> Lstm<S> {
             p.c.copy_within(last * nh..(last + 1) * nh, 0);
         }
         let a_all = &mut p.gates[..steps * n * g];
-        gemm.gemm(
-            1.0,
-            Mat::new(x, steps * n, d),
-            Mat::new(w.wx, d, g),
-            0.0,
-            a_all,
-        );
+        gemm.gemm(1.0, Mat::new(x, steps * n, d), Mat::new(w.wx, d, g), 0.0, a_all);
         for row in a_all.chunks_exact_mut(g) {
             row.iter_mut().zip(w.b).for_each(|(a, b)| *a += b);
         }
@@ -240,13 +201,7 @@ impl<S: AsRef<[f32]> + AsMut<[f32]>> Lstm<S> {
             let a_t = &mut a_all[t * n * g..(t + 1) * n * g];
             let (h_prev, h_next) = p.h.split_at_mut((t + 1) * nh);
             let h_prev = &h_prev[t * nh..];
-            gemm.gemm(
-                1.0,
-                Mat::new(h_prev, n, hd),
-                Mat::new(w.wh, hd, g),
-                1.0,
-                a_t,
-            );
+            gemm.gemm(1.0, Mat::new(h_prev, n, hd), Mat::new(w.wh, hd, g), 1.0, a_t);
             let (c_prev, c_next) = p.c.split_at_mut((t + 1) * nh);
             let c_prev = &c_prev[t * nh..];
             let tanh_c = &mut p.tanh_c[t * nh..(t + 1) * nh];
@@ -297,9 +252,7 @@ impl<S: AsRef<[f32]> + AsMut<[f32]>> Lstm<S> {
         p.dh.fill(0.0);
         p.dc.fill(0.0);
         for t in (0..steps).rev() {
-            p.dh.iter_mut()
-                .zip(&dh_out[t * nh..(t + 1) * nh])
-                .for_each(|(a, b)| *a += b);
+            p.dh.iter_mut().zip(&dh_out[t * nh..(t + 1) * nh]).for_each(|(a, b)| *a += b);
             let da_t = &mut p.gates[t * n * g..(t + 1) * n * g];
             for r in 0..n {
                 let span = r * hd..(r + 1) * hd;
@@ -311,23 +264,11 @@ impl<S: AsRef<[f32]> + AsMut<[f32]>> Lstm<S> {
                     &mut p.dc[span],
                 );
             }
-            gemm.gemm(
-                1.0,
-                Mat::new(da_t, n, g),
-                Mat::new(w.wh, hd, g).t(),
-                0.0,
-                p.dh,
-            );
+            gemm.gemm(1.0, Mat::new(da_t, n, g), Mat::new(w.wh, hd, g).t(), 0.0, p.dh);
         }
         let da = Mat::new(&p.gates[..steps * n * g], steps * n, g);
         gemm.gemm(1.0, Mat::new(x, steps * n, d).t(), da, 1.0, grads.wx);
-        gemm.gemm(
-            1.0,
-            Mat::new(&p.h[..steps * nh], steps * n, hd).t(),
-            da,
-            1.0,
-            grads.wh,
-        );
+        gemm.gemm(1.0, Mat::new(&p.h[..steps * nh], steps * n, hd).t(), da, 1.0, grads.wh);
         for row in da.data().chunks_exact(g) {
             grads.b.iter_mut().zip(row).for_each(|(a, b)| *a += b);
         }

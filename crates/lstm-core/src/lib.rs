@@ -12,7 +12,8 @@
 //!
 //! One concept per module, each with its own tests:
 //! [`activation`], [`gemm`], [`cell`], [`layer`], [`embedding`], [`affine`], [`softmax`],
-//! [`dropout`], [`rng`], [`optim`].
+//! [`dropout`], [`rng`], [`optim`]; the int8 path: [`quant`], [`format`] (the exported model
+//! file, read in place) and [`predictor`] (next-word prediction with RAM independent of V).
 #![no_std]
 #![forbid(unsafe_code)]
 
@@ -24,14 +25,21 @@ pub mod affine;
 pub mod cell;
 pub mod dropout;
 pub mod embedding;
+pub mod format;
 pub mod gemm;
 pub mod layer;
 pub mod optim;
+pub mod predictor;
+pub mod quant;
 pub mod rng;
 pub mod softmax;
 
+pub use format::{FormatError, QuantModel};
 pub use gemm::{Gemm, Mat, NaiveGemm};
+/// Re-exported so callers build `format::Payload` with the same `heapless` version.
+pub use heapless;
 pub use layer::{Lstm, LstmGrads, LstmWeights};
+pub use predictor::{Candidate, PredictError, Predictor};
 pub use rng::Rng;
 
 /// Errors from the shape and state checks of the caller-buffer APIs.
@@ -67,25 +75,15 @@ pub enum Error {
 impl core::fmt::Display for Error {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         match *self {
-            Error::BufferLength {
-                what,
-                expected,
-                actual,
-            } => {
+            Error::BufferLength { what, expected, actual } => {
                 write!(f, "{what}: expected {expected} values, got {actual}")
             }
             Error::TokenOutOfRange { id, vocab } => {
-                write!(
-                    f,
-                    "token id {id} is outside the vocabulary of {vocab} words"
-                )
+                write!(f, "token id {id} is outside the vocabulary of {vocab} words")
             }
             Error::NoTape => f.write_str("backward called without a forward pass to differentiate"),
             Error::TooManySteps { steps, capacity } => {
-                write!(
-                    f,
-                    "{steps} steps requested but the layer holds at most {capacity}"
-                )
+                write!(f, "{steps} steps requested but the layer holds at most {capacity}")
             }
         }
     }
@@ -95,13 +93,5 @@ impl core::error::Error for Error {}
 
 /// Checks a buffer length, naming the buffer in the error.
 pub(crate) fn check_len(what: &'static str, actual: usize, expected: usize) -> Result<(), Error> {
-    if actual == expected {
-        Ok(())
-    } else {
-        Err(Error::BufferLength {
-            what,
-            expected,
-            actual,
-        })
-    }
+    if actual == expected { Ok(()) } else { Err(Error::BufferLength { what, expected, actual }) }
 }

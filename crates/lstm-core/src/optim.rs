@@ -2,11 +2,7 @@
 
 /// L2 norm over every gradient buffer together, accumulated in f64.
 pub fn global_norm(grads: &[&mut [f32]]) -> f32 {
-    let sq: f64 = grads
-        .iter()
-        .flat_map(|g| g.iter())
-        .map(|&v| f64::from(v) * f64::from(v))
-        .sum();
+    let sq: f64 = grads.iter().flat_map(|g| g.iter()).map(|&v| f64::from(v) * f64::from(v)).sum();
     libm::sqrt(sq) as f32
 }
 
@@ -16,10 +12,7 @@ pub fn clip_grad_norm(grads: &mut [&mut [f32]], max_norm: f32) -> f32 {
     let norm = global_norm(grads);
     if norm.is_finite() && norm > max_norm {
         let rate = max_norm / (norm + 1e-6);
-        grads
-            .iter_mut()
-            .flat_map(|g| g.iter_mut())
-            .for_each(|v| *v *= rate);
+        grads.iter_mut().flat_map(|g| g.iter_mut()).for_each(|v| *v *= rate);
     }
     norm
 }
@@ -41,10 +34,7 @@ mod tests {
         assert!((before - 5.0).abs() < 1e-6);
         let after = global_norm(&[&mut a, &mut b]);
         assert!((after - 1.0).abs() < 1e-5, "norm after clipping {after}");
-        assert!(
-            (a[0] - 0.6).abs() < 1e-5 && (b[1] - 0.8).abs() < 1e-5,
-            "direction kept"
-        );
+        assert!((a[0] - 0.6).abs() < 1e-5 && (b[1] - 0.8).abs() < 1e-5, "direction kept");
     }
 
     #[test]

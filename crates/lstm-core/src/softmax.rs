@@ -42,11 +42,7 @@ pub fn cross_entropy_sum(logits: &[f32], vocab: usize, targets: &[u32]) -> Resul
 /// On entry `logits` (`M × V`) holds the scores; on exit it holds
 /// `d loss / d logits = (softmax − onehot(target)) / M`, where loss is the mean negative
 /// log-likelihood over the `M` positions. Returns that mean loss.
-pub fn softmax_cross_entropy(
-    logits: &mut [f32],
-    vocab: usize,
-    targets: &[u32],
-) -> Result<f32, Error> {
+pub fn softmax_cross_entropy(logits: &mut [f32], vocab: usize, targets: &[u32]) -> Result<f32, Error> {
     let m = targets.len().max(1);
     let total = softmax_cross_entropy_scaled(logits, vocab, targets, 1.0 / m as f32)?;
     Ok((total / m as f64) as f32)

@@ -20,11 +20,7 @@ fn random(rng: &mut Rng, n: usize, scale: f32) -> Vec<f32> {
 }
 
 fn weighted_sum(values: &[f32], weights: &[f32]) -> f64 {
-    values
-        .iter()
-        .zip(weights)
-        .map(|(&v, &w)| f64::from(v) * f64::from(w))
-        .sum()
+    values.iter().zip(weights).map(|(&v, &w)| f64::from(v) * f64::from(w)).sum()
 }
 
 /// Compares `analytic` with central differences of `loss` around `x`; returns the worst
@@ -43,10 +39,7 @@ fn check(name: &str, x: &[f32], analytic: &[f32], mut loss: impl FnMut(&[f32]) -
         let a = f64::from(analytic[k]);
         let err = (a - numeric).abs();
         let scale = a.abs().max(numeric.abs());
-        assert!(
-            err <= REL_TOL * scale + ABS_FLOOR,
-            "{name}[{k}]: analytic {a:.8e} vs numeric {numeric:.8e}"
-        );
+        assert!(err <= REL_TOL * scale + ABS_FLOOR, "{name}[{k}]: analytic {a:.8e} vs numeric {numeric:.8e}");
         if scale > 1e-2 {
             worst = worst.max(err / scale);
         }
@@ -94,11 +87,7 @@ impl LayerCase {
         Lstm::new(self.d, self.h, self.n, capacity, true, vec![0.0; len]).unwrap()
     }
     fn weights(&self) -> LstmWeights<'_> {
-        LstmWeights {
-            wx: &self.wx,
-            wh: &self.wh,
-            b: &self.b,
-        }
+        LstmWeights { wx: &self.wx, wh: &self.wh, b: &self.b }
     }
 }
 
@@ -120,26 +109,17 @@ fn layer_carries_state_and_matches_finite_differences() {
 
     // Two stateful calls of 5 steps equal one call of 10 steps.
     let mut split = case.layer(steps);
-    split
-        .forward(&NaiveGemm, &case.weights(), &x1, steps)
-        .unwrap();
+    split.forward(&NaiveGemm, &case.weights(), &x1, steps).unwrap();
     let first = split.output().to_vec();
     let (h_mid, c_mid) = (split.state().0.to_vec(), split.state().1.to_vec());
-    split
-        .forward(&NaiveGemm, &case.weights(), &x2, steps)
-        .unwrap();
+    split.forward(&NaiveGemm, &case.weights(), &x2, steps).unwrap();
     let second = split.output().to_vec();
     let mut whole = case.layer(2 * steps);
     let x12: Vec<f32> = x1.iter().chain(&x2).copied().collect();
-    whole
-        .forward(&NaiveGemm, &case.weights(), &x12, 2 * steps)
-        .unwrap();
+    whole.forward(&NaiveGemm, &case.weights(), &x12, 2 * steps).unwrap();
     let joined: Vec<f32> = first.iter().chain(&second).copied().collect();
     for (a, b) in joined.iter().zip(whole.output()) {
-        assert!(
-            (a - b).abs() < 1e-6,
-            "carried state differs from one long run"
-        );
+        assert!((a - b).abs() < 1e-6, "carried state differs from one long run");
     }
 
     // Gradient of the second call, from the carried (non-zero) state.
@@ -147,56 +127,27 @@ fn layer_carries_state_and_matches_finite_differences() {
     let run = |wx: &[f32], wh: &[f32], b: &[f32], x: &[f32], h0: &[f32], c0: &[f32]| {
         let mut layer = case.layer(case.steps);
         layer.set_state(h0, c0).unwrap();
-        layer
-            .forward(&NaiveGemm, &LstmWeights { wx, wh, b }, x, case.steps)
-            .unwrap();
+        layer.forward(&NaiveGemm, &LstmWeights { wx, wh, b }, x, case.steps).unwrap();
         weighted_sum(layer.output(), &r)
     };
     let mut layer = case.layer(steps);
     layer.set_state(&h_mid, &c_mid).unwrap();
-    layer
-        .forward(&NaiveGemm, &case.weights(), &x2, steps)
-        .unwrap();
-    let (mut gwx, mut gwh, mut gb) = (
-        vec![0.0; case.wx.len()],
-        vec![0.0; case.wh.len()],
-        vec![0.0; case.b.len()],
-    );
+    layer.forward(&NaiveGemm, &case.weights(), &x2, steps).unwrap();
+    let (mut gwx, mut gwh, mut gb) = (vec![0.0; case.wx.len()], vec![0.0; case.wh.len()], vec![0.0; case.b.len()]);
     let mut dx = vec![0.0; x2.len()];
-    let mut grads = LstmGrads {
-        wx: &mut gwx,
-        wh: &mut gwh,
-        b: &mut gb,
-    };
-    layer
-        .backward(&NaiveGemm, &case.weights(), &x2, &r, &mut grads, &mut dx)
-        .unwrap();
-    let (dh0, dc0) = (
-        layer.first_state_grad().0.to_vec(),
-        layer.first_state_grad().1.to_vec(),
-    );
+    let mut grads = LstmGrads { wx: &mut gwx, wh: &mut gwh, b: &mut gb };
+    layer.backward(&NaiveGemm, &case.weights(), &x2, &r, &mut grads, &mut dx).unwrap();
+    let (dh0, dc0) = (layer.first_state_grad().0.to_vec(), layer.first_state_grad().1.to_vec());
     let (wx, wh, b) = (&case.wx, &case.wh, &case.b);
-    check("layer dWx", wx, &gwx, |p| {
-        run(p, wh, b, &x2, &h_mid, &c_mid)
-    });
-    check("layer dWh", wh, &gwh, |p| {
-        run(wx, p, b, &x2, &h_mid, &c_mid)
-    });
+    check("layer dWx", wx, &gwx, |p| run(p, wh, b, &x2, &h_mid, &c_mid));
+    check("layer dWh", wh, &gwh, |p| run(wx, p, b, &x2, &h_mid, &c_mid));
     check("layer db", b, &gb, |p| run(wx, wh, p, &x2, &h_mid, &c_mid));
     check("layer dx", &x2, &dx, |p| run(wx, wh, b, p, &h_mid, &c_mid));
-    check("layer dh0", &h_mid, &dh0, |p| {
-        run(wx, wh, b, &x2, p, &c_mid)
-    });
-    check("layer dc0", &c_mid, &dc0, |p| {
-        run(wx, wh, b, &x2, &h_mid, p)
-    });
+    check("layer dh0", &h_mid, &dh0, |p| run(wx, wh, b, &x2, p, &c_mid));
+    check("layer dc0", &c_mid, &dc0, |p| run(wx, wh, b, &x2, &h_mid, p));
 
     // The tape is consumed: a second backward without forward is refused.
-    let mut grads = LstmGrads {
-        wx: &mut gwx,
-        wh: &mut gwh,
-        b: &mut gb,
-    };
+    let mut grads = LstmGrads { wx: &mut gwx, wh: &mut gwh, b: &mut gb };
     assert_eq!(
         layer.backward(&NaiveGemm, &case.weights(), &x2, &r, &mut grads, &mut dx),
         Err(lstm_core::Error::NoTape)
@@ -231,11 +182,7 @@ fn affine_plain_and_transposed() {
     for transposed in [false, true] {
         let w = random(&mut rng, d * o, 1.0);
         fn wm(w: &[f32], transposed: bool, d: usize, o: usize) -> Mat<'_> {
-            if transposed {
-                Mat::new(w, o, d).t()
-            } else {
-                Mat::new(w, d, o)
-            }
+            if transposed { Mat::new(w, o, d).t() } else { Mat::new(w, d, o) }
         }
         let loss = |x: &[f32], w: &[f32], b: &[f32]| {
             let mut y = vec![0.0; m * o];
@@ -243,16 +190,7 @@ fn affine_plain_and_transposed() {
             weighted_sum(&y, &r)
         };
         let (mut dw, mut db, mut dx) = (vec![0.0; d * o], vec![0.0; o], vec![0.0; m * d]);
-        affine_backward(
-            &NaiveGemm,
-            &x,
-            wm(&w, transposed, d, o),
-            &r,
-            &mut dw,
-            &mut db,
-            &mut dx,
-        )
-        .unwrap();
+        affine_backward(&NaiveGemm, &x, wm(&w, transposed, d, o), &r, &mut dw, &mut db, &mut dx).unwrap();
         check("affine dx", &x, &dx, |p| loss(p, &w, &b));
         check("affine dW", &w, &dw, |p| loss(&x, p, &b));
         check("affine db", &b, &db, |p| loss(&x, &w, p));
@@ -269,9 +207,7 @@ fn softmax_cross_entropy_gradient() {
     let loss = softmax_cross_entropy(&mut grad, v, &targets).unwrap();
     let reference = cross_entropy_sum(&logits, v, &targets).unwrap() / m as f64;
     assert!((f64::from(loss) - reference).abs() < 1e-6);
-    check("softmax-ce", &logits, &grad, |p| {
-        cross_entropy_sum(p, v, &targets).unwrap() / m as f64
-    });
+    check("softmax-ce", &logits, &grad, |p| cross_entropy_sum(p, v, &targets).unwrap() / m as f64);
 }
 
 /// Embedding → dropout → LSTM → dropout → LSTM → dropout → affine tied to the embedding → loss.
@@ -288,16 +224,7 @@ struct TinyModel {
 impl TinyModel {
     fn ranges(&self) -> [std::ops::Range<usize>; 8] {
         let (v, d) = (self.v, self.d);
-        let sizes = [
-            v * d,
-            d * 4 * d,
-            d * 4 * d,
-            4 * d,
-            d * 4 * d,
-            d * 4 * d,
-            4 * d,
-            v,
-        ];
+        let sizes = [v * d, d * 4 * d, d * 4 * d, 4 * d, d * 4 * d, d * 4 * d, 4 * d, v];
         let mut start = 0;
         sizes.map(|s| {
             start += s;
@@ -316,23 +243,11 @@ impl TinyModel {
             Lstm::new(d, d, n, t, true, vec![0.0; len]).unwrap()
         };
         let (mut l1, mut l2) = (new_layer(), new_layer());
-        let w1 = LstmWeights {
-            wx: &params[wx1.clone()],
-            wh: &params[wh1.clone()],
-            b: &params[b1.clone()],
-        };
-        let w2 = LstmWeights {
-            wx: &params[wx2.clone()],
-            wh: &params[wh2.clone()],
-            b: &params[b2.clone()],
-        };
+        let w1 = LstmWeights { wx: &params[wx1.clone()], wh: &params[wh1.clone()], b: &params[b1.clone()] };
+        let w2 = LstmWeights { wx: &params[wx2.clone()], wh: &params[wh2.clone()], b: &params[b2.clone()] };
         let mut x0 = vec![0.0; rows * d];
         embedding_forward(&params[emb.clone()], d, &self.ids, &mut x0).unwrap();
-        let (mut m0, mut m1, mut m2) = (
-            vec![0.0; rows * d],
-            vec![0.0; rows * d],
-            vec![0.0; rows * d],
-        );
+        let (mut m0, mut m1, mut m2) = (vec![0.0; rows * d], vec![0.0; rows * d], vec![0.0; rows * d]);
         self.dropout.forward(&mut x0, &mut m0, &mut rng, true);
         l1.forward(&NaiveGemm, &w1, &x0, t).unwrap();
         let mut x1 = l1.output().to_vec();
@@ -357,36 +272,12 @@ impl TinyModel {
         let mut dx1 = vec![0.0; rows * d];
         let (gwx, rest) = g_l2.split_at_mut(d * 4 * d);
         let (gwh, gb) = rest.split_at_mut(d * 4 * d);
-        l2.backward(
-            &NaiveGemm,
-            &w2,
-            &x1,
-            &dx2,
-            &mut LstmGrads {
-                wx: gwx,
-                wh: gwh,
-                b: gb,
-            },
-            &mut dx1,
-        )
-        .unwrap();
+        l2.backward(&NaiveGemm, &w2, &x1, &dx2, &mut LstmGrads { wx: gwx, wh: gwh, b: gb }, &mut dx1).unwrap();
         self.dropout.backward(&mut dx1, &m1);
         let mut dx0 = vec![0.0; rows * d];
         let (gwx, rest) = g_l1.split_at_mut(d * 4 * d);
         let (gwh, gb) = rest.split_at_mut(d * 4 * d);
-        l1.backward(
-            &NaiveGemm,
-            &w1,
-            &x0,
-            &dx1,
-            &mut LstmGrads {
-                wx: gwx,
-                wh: gwh,
-                b: gb,
-            },
-            &mut dx0,
-        )
-        .unwrap();
+        l1.backward(&NaiveGemm, &w1, &x0, &dx1, &mut LstmGrads { wx: gwx, wh: gwh, b: gb }, &mut dx0).unwrap();
         self.dropout.backward(&mut dx0, &m0);
         embedding_backward(g_emb, d, &self.ids, &dx0).unwrap();
         f64::from(loss)

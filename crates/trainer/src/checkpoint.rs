@@ -141,19 +141,12 @@ impl Checkpoint {
         }
         let version = u32::from_le_bytes(bytes[8..12].try_into().expect("4 bytes"));
         if version != VERSION {
-            return Err(CheckpointError::UnsupportedVersion {
-                path: path_buf(),
-                found: version,
-            });
+            return Err(CheckpointError::UnsupportedVersion { path: path_buf(), found: version });
         }
         let len = u64::from_le_bytes(bytes[12..20].try_into().expect("8 bytes"));
         let expected = (HEADER as u64).saturating_add(len).saturating_add(4);
         if (bytes.len() as u64) < expected {
-            return Err(CheckpointError::Truncated {
-                path: path_buf(),
-                expected,
-                actual: bytes.len() as u64,
-            });
+            return Err(CheckpointError::Truncated { path: path_buf(), expected, actual: bytes.len() as u64 });
         }
         if (bytes.len() as u64) > expected {
             return Err(CheckpointError::Malformed {
@@ -165,33 +158,17 @@ impl Checkpoint {
         let stored = u32::from_le_bytes(bytes[body_end..].try_into().expect("4 bytes"));
         let computed = crc32fast::hash(&bytes[..body_end]);
         if stored != computed {
-            return Err(CheckpointError::Corrupt {
-                path: path_buf(),
-                stored,
-                computed,
-            });
+            return Err(CheckpointError::Corrupt { path: path_buf(), stored, computed });
         }
-        let ckpt: Checkpoint = postcard::from_bytes(&bytes[HEADER..body_end]).map_err(|e| {
-            CheckpointError::Malformed {
-                path: path_buf(),
-                reason: e.to_string(),
-            }
-        })?;
-        ckpt.check_consistency()
-            .map_err(|reason| CheckpointError::Malformed {
-                path: path_buf(),
-                reason,
-            })?;
+        let ckpt: Checkpoint = postcard::from_bytes(&bytes[HEADER..body_end])
+            .map_err(|e| CheckpointError::Malformed { path: path_buf(), reason: e.to_string() })?;
+        ckpt.check_consistency().map_err(|reason| CheckpointError::Malformed { path: path_buf(), reason })?;
         Ok(ckpt)
     }
 
     /// Model shape implied by the configuration and vocabulary.
     pub fn dims(&self) -> crate::model::Dims {
-        crate::model::Dims {
-            vocab: self.vocab.len(),
-            dim: self.config.dim,
-            layers: self.config.layers,
-        }
+        crate::model::Dims { vocab: self.vocab.len(), dim: self.config.dim, layers: self.config.layers }
     }
 
     fn check_consistency(&self) -> Result<(), String> {
@@ -222,10 +199,7 @@ impl Checkpoint {
 
     /// Reads and verifies a checkpoint file.
     pub fn load(path: &Path) -> Result<Checkpoint, CheckpointError> {
-        let bytes = std::fs::read(path).map_err(|source| CheckpointError::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let bytes = std::fs::read(path).map_err(|source| CheckpointError::Io { path: path.to_path_buf(), source })?;
         Checkpoint::from_bytes(&bytes, path)
     }
 
@@ -237,14 +211,8 @@ impl Checkpoint {
 
 /// Writes `bytes` to `path` so that readers see either the old or the new file, never a mix.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), CheckpointError> {
-    let io = |source| CheckpointError::Io {
-        path: path.to_path_buf(),
-        source,
-    };
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
+    let io = |source| CheckpointError::Io { path: path.to_path_buf(), source };
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let mut name = path.file_name().unwrap_or_default().to_os_string();
     name.push(".tmp");
     let tmp = dir.join(name);
@@ -267,11 +235,7 @@ mod tests {
     fn sample() -> Checkpoint {
         let config = Config::preset("tiny").unwrap();
         let vocab: Vec<String> = ["a", "b", "<eos>"].iter().map(|s| s.to_string()).collect();
-        let layout = crate::model::Layout::new(crate::model::Dims {
-            vocab: 3,
-            dim: 16,
-            layers: 2,
-        });
+        let layout = crate::model::Layout::new(crate::model::Dims { vocab: 3, dim: 16, layers: 2 });
         Checkpoint {
             params: (0..layout.total).map(|i| i as f32 * 1e-3).collect(),
             progress: Progress {
@@ -306,42 +270,25 @@ mod tests {
     fn every_corruption_is_reported() {
         let p = Path::new("m.ckpt");
         let good = sample().to_bytes();
-        assert!(matches!(
-            Checkpoint::from_bytes(b"PK\x03\x04zip!", p),
-            Err(CheckpointError::NotACheckpoint { .. })
-        ));
+        assert!(matches!(Checkpoint::from_bytes(b"PK\x03\x04zip!", p), Err(CheckpointError::NotACheckpoint { .. })));
         let mut newer = good.clone();
         newer[8] = 2;
         let err = Checkpoint::from_bytes(&newer, p).unwrap_err();
-        assert!(
-            matches!(err, CheckpointError::UnsupportedVersion { found: 2, .. }),
-            "{err}"
-        );
+        assert!(matches!(err, CheckpointError::UnsupportedVersion { found: 2, .. }), "{err}");
         assert!(err.to_string().contains("version 2"));
         for cut in [10, HEADER, good.len() / 2, good.len() - 1] {
             assert!(
-                matches!(
-                    Checkpoint::from_bytes(&good[..cut], p),
-                    Err(CheckpointError::Truncated { .. })
-                ),
+                matches!(Checkpoint::from_bytes(&good[..cut], p), Err(CheckpointError::Truncated { .. })),
                 "cut {cut}"
             );
         }
         let mut flipped = good.clone();
         flipped[HEADER + 40] ^= 0x10;
-        assert!(matches!(
-            Checkpoint::from_bytes(&flipped, p),
-            Err(CheckpointError::Corrupt { .. })
-        ));
+        assert!(matches!(Checkpoint::from_bytes(&flipped, p), Err(CheckpointError::Corrupt { .. })));
         let mut longer = good.clone();
         longer.push(0);
-        assert!(matches!(
-            Checkpoint::from_bytes(&longer, p),
-            Err(CheckpointError::Malformed { .. })
-        ));
-        let err = Checkpoint::load(Path::new("/nonexistent/dir/last.ckpt"))
-            .unwrap_err()
-            .to_string();
+        assert!(matches!(Checkpoint::from_bytes(&longer, p), Err(CheckpointError::Malformed { .. })));
+        let err = Checkpoint::load(Path::new("/nonexistent/dir/last.ckpt")).unwrap_err().to_string();
         assert!(err.starts_with("/nonexistent/dir/last.ckpt: "), "{err}");
     }
 
@@ -349,20 +296,10 @@ mod tests {
     fn inconsistent_contents_are_malformed() {
         let mut c = sample();
         c.params.pop();
-        let err = Checkpoint::from_bytes(&c.to_bytes(), Path::new("c"))
-            .unwrap_err()
-            .to_string();
-        assert!(
-            err.contains("parameters, but V=3 D=16 layers=2 needs"),
-            "{err}"
-        );
+        let err = Checkpoint::from_bytes(&c.to_bytes(), Path::new("c")).unwrap_err().to_string();
+        assert!(err.contains("parameters, but V=3 D=16 layers=2 needs"), "{err}");
         let mut c = sample();
         c.params[0] = f32::NAN;
-        assert!(
-            Checkpoint::from_bytes(&c.to_bytes(), Path::new("c"))
-                .unwrap_err()
-                .to_string()
-                .contains("not finite")
-        );
+        assert!(Checkpoint::from_bytes(&c.to_bytes(), Path::new("c")).unwrap_err().to_string().contains("not finite"));
     }
 }

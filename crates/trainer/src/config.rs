@@ -119,23 +119,12 @@ impl Config {
     /// Checks that the configuration can be trained.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.dim != self.hidden {
-            return Err(ConfigError::UntiableDims {
-                dim: self.dim,
-                hidden: self.hidden,
-            });
+            return Err(ConfigError::UntiableDims { dim: self.dim, hidden: self.hidden });
         }
-        let positive = [
-            ("dim", self.dim),
-            ("layers", self.layers),
-            ("batch", self.batch),
-            ("time", self.time),
-        ];
+        let positive = [("dim", self.dim), ("layers", self.layers), ("batch", self.batch), ("time", self.time)];
         for (field, v) in positive {
             if v == 0 {
-                return Err(ConfigError::Invalid {
-                    field,
-                    reason: "must be at least 1".into(),
-                });
+                return Err(ConfigError::Invalid { field, reason: "must be at least 1".into() });
             }
         }
         if !(0.0..1.0).contains(&self.dropout) {
@@ -145,10 +134,7 @@ impl Config {
             });
         }
         if !(self.lr.is_finite() && self.lr > 0.0) {
-            return Err(ConfigError::Invalid {
-                field: "lr",
-                reason: format!("{} is not a positive number", self.lr),
-            });
+            return Err(ConfigError::Invalid { field: "lr", reason: format!("{} is not a positive number", self.lr) });
         }
         if !(self.max_grad.is_finite() && self.max_grad > 0.0) {
             return Err(ConfigError::Invalid {
@@ -172,11 +158,7 @@ impl Config {
         cmp("dim", self.dim.to_string(), other.dim.to_string());
         cmp("hidden", self.hidden.to_string(), other.hidden.to_string());
         cmp("layers", self.layers.to_string(), other.layers.to_string());
-        cmp(
-            "dropout",
-            self.dropout.to_string(),
-            other.dropout.to_string(),
-        );
+        cmp("dropout", self.dropout.to_string(), other.dropout.to_string());
         cmp("batch", self.batch.to_string(), other.batch.to_string());
         cmp("time", self.time.to_string(), other.time.to_string());
         cmp("seed", self.seed.to_string(), other.seed.to_string());
@@ -195,12 +177,7 @@ mod tests {
             Config::preset(&name).unwrap().validate().unwrap();
         }
         let e = Config::preset("embedded").unwrap();
-        assert_eq!(
-            (
-                e.dim, e.dropout, e.batch, e.time, e.lr, e.max_grad, e.epochs
-            ),
-            (64, 0.2, 20, 35, 20.0, 0.25, 10)
-        );
+        assert_eq!((e.dim, e.dropout, e.batch, e.time, e.lr, e.max_grad, e.epochs), (64, 0.2, 20, 35, 20.0, 0.25, 10));
         let b = Config::preset("book").unwrap();
         assert_eq!((b.dim, b.dropout, b.epochs), (650, 0.5, 40));
     }
@@ -210,17 +187,8 @@ mod tests {
         let mut c = Config::preset("tiny").unwrap();
         c.hidden = 32;
         let err = c.validate().unwrap_err();
-        assert_eq!(
-            err,
-            ConfigError::UntiableDims {
-                dim: 16,
-                hidden: 32
-            }
-        );
-        assert!(
-            err.to_string()
-                .contains("D=16 must equal the hidden width H=32")
-        );
+        assert_eq!(err, ConfigError::UntiableDims { dim: 16, hidden: 32 });
+        assert!(err.to_string().contains("D=16 must equal the hidden width H=32"));
     }
 
     #[test]

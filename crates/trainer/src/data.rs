@@ -28,9 +28,7 @@ pub enum DataError {
         path: PathBuf,
     },
     /// A word outside the vocabulary, and no `<unk>` to map it to.
-    #[error(
-        "{path}, line {line}: word `{word}` is not in the training vocabulary, which has no <unk>"
-    )]
+    #[error("{path}, line {line}: word `{word}` is not in the training vocabulary, which has no <unk>")]
     UnknownWord {
         /// File.
         path: PathBuf,
@@ -51,11 +49,7 @@ pub struct Vocab {
 impl Vocab {
     /// Builds a vocabulary from its words in id order.
     pub fn from_words(words: Vec<String>) -> Vocab {
-        let index = words
-            .iter()
-            .enumerate()
-            .map(|(i, w)| (w.clone(), i as u32))
-            .collect();
+        let index = words.iter().enumerate().map(|(i, w)| (w.clone(), i as u32)).collect();
         Vocab { words, index }
     }
 
@@ -133,9 +127,7 @@ impl Vocab {
             }
         }
         if ids.len() < 2 {
-            return Err(DataError::Empty {
-                path: path.to_path_buf(),
-            });
+            return Err(DataError::Empty { path: path.to_path_buf() });
         }
         Ok(ids)
     }
@@ -177,14 +169,9 @@ impl Split {
 }
 
 fn read(path: &Path) -> Result<String, DataError> {
-    let text = std::fs::read_to_string(path).map_err(|source| DataError::Read {
-        path: path.to_path_buf(),
-        source,
-    })?;
+    let text = std::fs::read_to_string(path).map_err(|source| DataError::Read { path: path.to_path_buf(), source })?;
     if text.split_whitespace().next().is_none() {
-        return Err(DataError::Empty {
-            path: path.to_path_buf(),
-        });
+        return Err(DataError::Empty { path: path.to_path_buf() });
     }
     Ok(text)
 }
@@ -202,12 +189,7 @@ impl Corpus {
         };
         let valid = split(Split::Valid)?;
         let test = split(Split::Test)?;
-        Ok(Corpus {
-            vocab,
-            train,
-            valid,
-            test,
-        })
+        Ok(Corpus { vocab, train, valid, test })
     }
 
     /// The ids of one split.
@@ -234,12 +216,7 @@ impl TrainBatches {
     /// Batching of `corpus_len` tokens.
     pub fn new(corpus_len: usize, batch: usize, time: usize) -> TrainBatches {
         let data_len = corpus_len.saturating_sub(1);
-        TrainBatches {
-            batch,
-            time,
-            data_len,
-            jump: data_len / batch.max(1),
-        }
+        TrainBatches { batch, time, data_len, jump: data_len / batch.max(1) }
     }
 
     /// Iterations per epoch: `⌊(len−1) / (batch·time)⌋`.
@@ -272,12 +249,7 @@ pub struct EvalBatches {
 impl EvalBatches {
     /// Batching of `corpus_len` tokens.
     pub fn new(corpus_len: usize, batch: usize, time: usize) -> EvalBatches {
-        EvalBatches {
-            batch,
-            time,
-            len: corpus_len,
-            jump: corpus_len.saturating_sub(1) / batch.max(1),
-        }
+        EvalBatches { batch, time, len: corpus_len, jump: corpus_len.saturating_sub(1) / batch.max(1) }
     }
 
     /// Calls needed: `⌊(len−1) / (batch·time)⌋`.
@@ -316,14 +288,8 @@ mod tests {
         let (ids, unknown) = v.encode_prompt("a zz b");
         assert_eq!((ids, unknown), (vec![0, 1, 2], vec!["zz".to_string()]));
         let v = Vocab::build("a b\n");
-        let err = v
-            .encode_split("a\nb zz\n", Path::new("f.txt"))
-            .unwrap_err()
-            .to_string();
-        assert_eq!(
-            err,
-            "f.txt, line 2: word `zz` is not in the training vocabulary, which has no <unk>"
-        );
+        let err = v.encode_split("a\nb zz\n", Path::new("f.txt")).unwrap_err().to_string();
+        assert_eq!(err, "f.txt, line 2: word `zz` is not in the training vocabulary, which has no <unk>");
     }
 
     #[test]

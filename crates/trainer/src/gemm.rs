@@ -23,9 +23,7 @@ pub struct FastGemm {
 impl FastGemm {
     /// A GEMM using up to `threads` threads of the current rayon pool.
     pub fn new(threads: usize) -> FastGemm {
-        FastGemm {
-            threads: threads.max(1),
-        }
+        FastGemm { threads: threads.max(1) }
     }
 
     /// A GEMM using every thread of the current rayon pool.
@@ -39,19 +37,14 @@ type ViewMut<'a> = DMatrixViewMut<'a, f32, Dyn, Dyn>;
 
 /// nalgebra view of a row-major matrix (strides: one row down = `cols`, one column right = 1).
 fn view<'a>(m: &Mat<'a>) -> View<'a> {
-    let (rs, cs) = if m.is_transposed() {
-        (1, m.rows())
-    } else {
-        (m.cols(), 1)
-    };
+    let (rs, cs) = if m.is_transposed() { (1, m.rows()) } else { (m.cols(), 1) };
     DMatrixView::from_slice_with_strides(m.data(), m.rows(), m.cols(), rs, cs)
 }
 
 fn split_gemm(alpha: f32, a: View<'_>, b: View<'_>, beta: f32, mut c: ViewMut<'_>, threads: usize) {
     let (m, n, k) = (a.nrows(), b.ncols(), a.ncols());
-    let splittable = |len: usize| {
-        len * (threads / 2) / threads > SMALL_DIM && len - len * (threads / 2) / threads > SMALL_DIM
-    };
+    let splittable =
+        |len: usize| len * (threads / 2) / threads > SMALL_DIM && len - len * (threads / 2) / threads > SMALL_DIM;
     if threads <= 1 || m * n * k < MIN_PARALLEL_WORK || !(splittable(m) || splittable(n)) {
         c.gemm(alpha, &a, &b, beta);
         return;
@@ -61,18 +54,12 @@ fn split_gemm(alpha: f32, a: View<'_>, b: View<'_>, beta: f32, mut c: ViewMut<'_
         let mid = m * t1 / threads;
         let (c1, c2) = c.rows_range_pair_mut(0..mid, mid..);
         let (a1, a2) = (a.rows_range(0..mid), a.rows_range(mid..));
-        rayon::join(
-            || split_gemm(alpha, a1, b, beta, c1, t1),
-            || split_gemm(alpha, a2, b, beta, c2, t2),
-        );
+        rayon::join(|| split_gemm(alpha, a1, b, beta, c1, t1), || split_gemm(alpha, a2, b, beta, c2, t2));
     } else {
         let mid = n * t1 / threads;
         let (c1, c2) = c.columns_range_pair_mut(0..mid, mid..);
         let (b1, b2) = (b.columns_range(0..mid), b.columns_range(mid..));
-        rayon::join(
-            || split_gemm(alpha, a, b1, beta, c1, t1),
-            || split_gemm(alpha, a, b2, beta, c2, t2),
-        );
+        rayon::join(|| split_gemm(alpha, a, b1, beta, c1, t1), || split_gemm(alpha, a, b2, beta, c2, t2));
     }
 }
 
@@ -104,27 +91,13 @@ mod tests {
     #[test]
     fn matches_the_reference_for_every_transposition_and_split() {
         let mut rng = Rng::new(9);
-        for &(m, n, k) in &[
-            (1, 1, 1),
-            (3, 5, 7),
-            (70, 9, 64),
-            (64, 300, 65),
-            (257, 129, 33),
-        ] {
+        for &(m, n, k) in &[(1, 1, 1), (3, 5, 7), (70, 9, 64), (64, 300, 65), (257, 129, 33)] {
             let a: Vec<f32> = (0..m * k).map(|_| rng.normal()).collect();
             let b: Vec<f32> = (0..k * n).map(|_| rng.normal()).collect();
             let c0: Vec<f32> = (0..m * n).map(|_| rng.normal()).collect();
             for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
-                let am = if ta {
-                    Mat::new(&a, k, m).t()
-                } else {
-                    Mat::new(&a, m, k)
-                };
-                let bm = if tb {
-                    Mat::new(&b, n, k).t()
-                } else {
-                    Mat::new(&b, k, n)
-                };
+                let am = if ta { Mat::new(&a, k, m).t() } else { Mat::new(&a, m, k) };
+                let bm = if tb { Mat::new(&b, n, k).t() } else { Mat::new(&b, k, n) };
                 let mut want = c0.clone();
                 NaiveGemm.gemm(0.5, am, bm, 0.25, &mut want);
                 let mut one = c0.clone();
@@ -132,10 +105,7 @@ mod tests {
                 let mut many = c0.clone();
                 FastGemm::new(4).gemm(0.5, am, bm, 0.25, &mut many);
                 for (w, o) in want.iter().zip(&one) {
-                    assert!(
-                        (w - o).abs() <= 1e-4 * (1.0 + w.abs()),
-                        "{m}x{n}x{k} {ta} {tb}: {w} vs {o}"
-                    );
+                    assert!((w - o).abs() <= 1e-4 * (1.0 + w.abs()), "{m}x{n}x{k} {ta} {tb}: {w} vs {o}");
                 }
                 assert_eq!(one, many, "result depends on the thread split");
             }
@@ -145,13 +115,7 @@ mod tests {
     #[test]
     fn beta_zero_ignores_nan_in_output() {
         let mut c = [f32::NAN; 4];
-        FastGemm::new(2).gemm(
-            1.0,
-            Mat::new(&[1.0, 2.0], 2, 1),
-            Mat::new(&[3.0, 4.0], 1, 2),
-            0.0,
-            &mut c,
-        );
+        FastGemm::new(2).gemm(1.0, Mat::new(&[1.0, 2.0], 2, 1), Mat::new(&[3.0, 4.0], 1, 2), 0.0, &mut c);
         assert_eq!(c, [3.0, 4.0, 6.0, 8.0]);
     }
 }

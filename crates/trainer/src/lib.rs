@@ -7,8 +7,10 @@
 pub mod checkpoint;
 pub mod config;
 pub mod data;
+pub mod export;
 pub mod gemm;
 pub mod model;
+pub mod quantized;
 pub mod training;
 
 pub use checkpoint::Checkpoint;

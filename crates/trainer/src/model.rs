@@ -51,27 +51,15 @@ impl Layout {
             next - n..next
         };
         let embedding = take(v * d);
-        let lstm = (0..dims.layers)
-            .map(|_| [take(d * 4 * d), take(d * 4 * d), take(4 * d)])
-            .collect();
+        let lstm = (0..dims.layers).map(|_| [take(d * 4 * d), take(d * 4 * d), take(4 * d)]).collect();
         let out_bias = take(v);
-        Layout {
-            dims,
-            embedding,
-            lstm,
-            out_bias,
-            total: next,
-        }
+        Layout { dims, embedding, lstm, out_bias, total: next }
     }
 
     /// Views of layer `l`'s weights inside `params`.
     pub fn lstm_weights<'a>(&self, params: &'a [f32], l: usize) -> LstmWeights<'a> {
         let [wx, wh, b] = &self.lstm[l];
-        LstmWeights {
-            wx: &params[wx.clone()],
-            wh: &params[wh.clone()],
-            b: &params[b.clone()],
-        }
+        LstmWeights { wx: &params[wx.clone()], wh: &params[wh.clone()], b: &params[b.clone()] }
     }
 }
 
@@ -79,16 +67,10 @@ impl Layout {
 pub fn init_params(layout: &Layout, rng: &mut Rng) -> Vec<f32> {
     let mut p = vec![0.0f32; layout.total];
     let d = layout.dims.dim as f32;
-    p[layout.embedding.clone()]
-        .iter_mut()
-        .for_each(|v| *v = rng.normal() / 100.0);
+    p[layout.embedding.clone()].iter_mut().for_each(|v| *v = rng.normal() / 100.0);
     for [wx, wh, _] in &layout.lstm {
-        p[wx.clone()]
-            .iter_mut()
-            .for_each(|v| *v = rng.normal() / d.sqrt());
-        p[wh.clone()]
-            .iter_mut()
-            .for_each(|v| *v = rng.normal() / d.sqrt());
+        p[wx.clone()].iter_mut().for_each(|v| *v = rng.normal() / d.sqrt());
+        p[wh.clone()].iter_mut().for_each(|v| *v = rng.normal() / d.sqrt());
     }
     p
 }
@@ -123,8 +105,7 @@ impl Workspace {
         let lstm_layers = (0..layers)
             .map(|_| {
                 let len = Lstm::<Vec<f32>>::storage_len(dim, batch, time);
-                Lstm::new(dim, dim, batch, time, true, vec![0.0; len])
-                    .expect("storage sized by storage_len")
+                Lstm::new(dim, dim, batch, time, true, vec![0.0; len]).expect("storage sized by storage_len")
             })
             .collect();
         Workspace {
@@ -188,12 +169,7 @@ impl Workspace {
         train: bool,
     ) -> Result<(), lstm_core::Error> {
         let d = self.layout.dims.dim;
-        embedding_forward(
-            &params[self.layout.embedding.clone()],
-            d,
-            ids,
-            &mut self.inputs[0],
-        )?;
+        embedding_forward(&params[self.layout.embedding.clone()], d, ids, &mut self.inputs[0])?;
         dropout.forward(&mut self.inputs[0], &mut self.masks[0], rng, train);
         for l in 0..self.layers.len() {
             let w = self.layout.lstm_weights(params, l);
@@ -202,20 +178,9 @@ impl Workspace {
             above[0].copy_from_slice(self.layers[l].output());
             dropout.forward(&mut above[0], &mut self.masks[l + 1], rng, train);
         }
-        let tied = Mat::new(
-            &params[self.layout.embedding.clone()],
-            self.layout.dims.vocab,
-            d,
-        )
-        .t();
+        let tied = Mat::new(&params[self.layout.embedding.clone()], self.layout.dims.vocab, d).t();
         let top = &self.inputs[self.layers.len()];
-        affine_forward(
-            &self.gemm,
-            top,
-            tied,
-            &params[self.layout.out_bias.clone()],
-            &mut self.logits,
-        )
+        affine_forward(&self.gemm, top, tied, &params[self.layout.out_bias.clone()], &mut self.logits)
     }
 
     /// One training step's forward and backward pass: returns the mean loss and leaves the
@@ -246,53 +211,24 @@ impl Workspace {
         let g_emb = &mut g_emb_and_lstm[self.layout.embedding.clone()];
         let tied = Mat::new(&params[self.layout.embedding.clone()], v, d).t();
         let top = &self.inputs[self.layers.len()];
-        affine_backward(
-            &self.gemm,
-            top,
-            tied,
-            &self.logits,
-            g_emb,
-            g_out,
-            &mut self.grad_a,
-        )?;
+        affine_backward(&self.gemm, top, tied, &self.logits, g_emb, g_out, &mut self.grad_a)?;
         for l in (0..self.layers.len()).rev() {
             dropout.backward(&mut self.grad_a, &self.masks[l + 1]);
             let w = self.layout.lstm_weights(params, l);
             let [rwx, rwh, rb] = &self.layout.lstm[l];
             let (lo, hi) = self.grads.split_at_mut(rwh.start);
             let (wh_part, b_part) = hi.split_at_mut(rb.start - rwh.start);
-            let mut grads = LstmGrads {
-                wx: &mut lo[rwx.clone()],
-                wh: wh_part,
-                b: &mut b_part[..rb.len()],
-            };
-            self.layers[l].backward(
-                &self.gemm,
-                &w,
-                &self.inputs[l],
-                &self.grad_a,
-                &mut grads,
-                &mut self.grad_b,
-            )?;
+            let mut grads = LstmGrads { wx: &mut lo[rwx.clone()], wh: wh_part, b: &mut b_part[..rb.len()] };
+            self.layers[l].backward(&self.gemm, &w, &self.inputs[l], &self.grad_a, &mut grads, &mut self.grad_b)?;
             std::mem::swap(&mut self.grad_a, &mut self.grad_b);
         }
         dropout.backward(&mut self.grad_a, &self.masks[0]);
-        embedding_backward(
-            &mut self.grads[self.layout.embedding.clone()],
-            d,
-            ids,
-            &self.grad_a,
-        )?;
+        embedding_backward(&mut self.grads[self.layout.embedding.clone()], d, ids, &self.grad_a)?;
         Ok((total / targets.len() as f64) as f32)
     }
 
     /// Evaluation forward (no dropout, state carried): the **sum** of negative log-likelihoods.
-    pub fn eval_step(
-        &mut self,
-        params: &[f32],
-        ids: &[u32],
-        targets: &[u32],
-    ) -> Result<f64, lstm_core::Error> {
+    pub fn eval_step(&mut self, params: &[f32], ids: &[u32], targets: &[u32]) -> Result<f64, lstm_core::Error> {
         let mut unused = Rng::new(0);
         self.forward(params, ids, Dropout { p: 0.0 }, &mut unused, false)?;
         let v = self.layout.dims.vocab;
@@ -316,10 +252,7 @@ impl Workspace {
         rng: &mut Rng,
     ) -> Result<f64, lstm_core::Error> {
         self.forward(params, ids, dropout, rng, true)?;
-        Ok(
-            cross_entropy_sum(&self.logits, self.layout.dims.vocab, targets)?
-                / targets.len() as f64,
-        )
+        Ok(cross_entropy_sum(&self.logits, self.layout.dims.vocab, targets)? / targets.len() as f64)
     }
 
     /// Logits of the last forward pass, `rows × V`.

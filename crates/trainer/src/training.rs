@@ -50,9 +50,7 @@ pub enum TrainError {
         differences: Vec<String>,
     },
     /// The checkpoint's vocabulary is not this corpus's.
-    #[error(
-        "{path} was trained on a different vocabulary ({ckpt} words) than the data given ({data} words)"
-    )]
+    #[error("{path} was trained on a different vocabulary ({ckpt} words) than the data given ({data} words)")]
     VocabMismatch {
         /// Checkpoint.
         path: PathBuf,
@@ -62,9 +60,7 @@ pub enum TrainError {
         data: usize,
     },
     /// Refusing to overwrite an earlier run.
-    #[error(
-        "{path} already exists: pass --resume to continue that run, or choose another --out directory"
-    )]
+    #[error("{path} already exists: pass --resume to continue that run, or choose another --out directory")]
     WouldOverwrite {
         /// Existing checkpoint.
         path: PathBuf,
@@ -204,12 +200,7 @@ pub enum Outcome {
 /// Perplexity of `params` on `tokens`, computed exactly like validation during training:
 /// [`EVAL_BATCH`] streams, [`EVAL_TIME`] steps per call, state carried, no dropout, averaged
 /// over every predicted position.
-pub fn perplexity(
-    layout: &Layout,
-    params: &[f32],
-    tokens: &[u32],
-    gemm: FastGemm,
-) -> Result<f64, lstm_core::Error> {
+pub fn perplexity(layout: &Layout, params: &[f32], tokens: &[u32], gemm: FastGemm) -> Result<f64, lstm_core::Error> {
     perplexity_with(layout, params, tokens, gemm, |_, _| {})
 }
 
@@ -236,18 +227,11 @@ pub fn perplexity_with(
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> TrainError + '_ {
-    move |source| TrainError::Io {
-        path: path.to_path_buf(),
-        source,
-    }
+    move |source| TrainError::Io { path: path.to_path_buf(), source }
 }
 
 fn append_json(path: &Path, value: &impl Serialize) -> Result<(), TrainError> {
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-        .map_err(io_err(path))?;
+    let mut f = std::fs::OpenOptions::new().create(true).append(true).open(path).map_err(io_err(path))?;
     let line = serde_json::to_string(value).expect("plain data serialises");
     writeln!(f, "{line}").map_err(io_err(path))
 }
@@ -290,11 +274,7 @@ pub fn train(
     let best_path = out.join("best.ckpt");
     let metrics_path = out.join("metrics.jsonl");
     let log_path = out.join("train_log.jsonl");
-    let dims = Dims {
-        vocab: corpus.vocab.len(),
-        dim: config.dim,
-        layers: config.layers,
-    };
+    let dims = Dims { vocab: corpus.vocab.len(), dim: config.dim, layers: config.layers };
     let layout = Layout::new(dims);
     let gemm = FastGemm::all_threads();
 
@@ -305,24 +285,14 @@ pub fn train(
         let mut c = Checkpoint::load(&last_path)?;
         let differences = c.config.differences(config);
         if !differences.is_empty() {
-            return Err(TrainError::ConfigMismatch {
-                path: last_path,
-                differences,
-            });
+            return Err(TrainError::ConfigMismatch { path: last_path, differences });
         }
         if c.vocab != corpus.vocab.words() {
-            return Err(TrainError::VocabMismatch {
-                path: last_path,
-                ckpt: c.vocab.len(),
-                data: corpus.vocab.len(),
-            });
+            return Err(TrainError::VocabMismatch { path: last_path, ckpt: c.vocab.len(), data: corpus.vocab.len() });
         }
         c.config.epochs = config.epochs;
         if c.config.lr != config.lr {
-            observer.message(&format!(
-                "learning rate set to {} (was {})",
-                config.lr, c.progress.lr
-            ));
+            observer.message(&format!("learning rate set to {} (was {})", config.lr, c.progress.lr));
             c.progress.lr = config.lr;
             c.config.lr = config.lr;
         }
@@ -341,12 +311,7 @@ pub fn train(
         if last_path.exists() {
             return Err(TrainError::WouldOverwrite { path: last_path });
         }
-        for p in [
-            &metrics_path,
-            &log_path,
-            &best_path,
-            &out.join("summary.json"),
-        ] {
+        for p in [&metrics_path, &log_path, &best_path, &out.join("summary.json")] {
             let _ = std::fs::remove_file(p);
         }
         let mut rng = Rng::new(config.seed);
@@ -397,12 +362,7 @@ pub fn train(
             batches.fill(&corpus.train, it, &mut ids, &mut targets);
             let loss = ws.train_step(&ckpt.params, &ids, &targets, dropout, &mut rng)?;
             if !loss.is_finite() {
-                return Err(TrainError::NonFiniteLoss {
-                    loss,
-                    step: ckpt.progress.step + 1,
-                    epoch,
-                    last: last_path,
-                });
+                return Err(TrainError::NonFiniteLoss { loss, step: ckpt.progress.step + 1, epoch, last: last_path });
             }
             clip_grad_norm(&mut [&mut ws.grads], config.max_grad);
             sgd_step(&mut ckpt.params, &ws.grads, ckpt.progress.lr);
@@ -423,12 +383,7 @@ pub fn train(
             window_n += 1;
             let done = (it + 1 - start_iter) as f64;
             let tokens_per_s = done * rows as f64 / epoch_clock.elapsed().as_secs_f64().max(1e-9);
-            observer.step(
-                epoch,
-                it + 1,
-                (p.epoch_loss_sum / p.epoch_loss_count as f64).exp(),
-                tokens_per_s,
-            );
+            observer.step(epoch, it + 1, (p.epoch_loss_sum / p.epoch_loss_count as f64).exp(), tokens_per_s);
             if p.step % LOG_EVERY == 0 {
                 let point = TrainPoint {
                     step: p.step,
@@ -475,10 +430,7 @@ pub fn train(
             p.best_val_ppl = Some(val_ppl);
         } else {
             p.lr /= 4.0;
-            observer.message(&format!(
-                "validation perplexity did not improve: learning rate → {}",
-                p.lr
-            ));
+            observer.message(&format!("validation perplexity did not improve: learning rate → {}", p.lr));
         }
         p.epoch += 1;
         p.iter_in_epoch = 0;
@@ -495,13 +447,8 @@ pub fn train(
         last_save = Instant::now();
         append_json(&metrics_path, &record)?;
         observer.evaluated(&record);
-        if opts.max_steps.is_some_and(|m| ckpt.progress.step >= m)
-            && ckpt.progress.epoch < config.epochs
-        {
-            observer.message(&format!(
-                "stopped at step {} (--max-steps); resume with --resume",
-                ckpt.progress.step
-            ));
+        if opts.max_steps.is_some_and(|m| ckpt.progress.step >= m) && ckpt.progress.epoch < config.epochs {
+            observer.message(&format!("stopped at step {} (--max-steps); resume with --resume", ckpt.progress.step));
             return Ok(Outcome::Paused);
         }
     }
@@ -521,8 +468,7 @@ pub fn train(
         best_val_ppl: ckpt.progress.best_val_ppl,
         test_ppl,
         wall_time_s: ckpt.progress.elapsed_s,
-        seconds_per_epoch: (ckpt.progress.epoch > 0)
-            .then(|| ckpt.progress.elapsed_s / ckpt.progress.epoch as f64),
+        seconds_per_epoch: (ckpt.progress.epoch > 0).then(|| ckpt.progress.elapsed_s / ckpt.progress.epoch as f64),
     };
     let summary_path = out.join("summary.json");
     let json = serde_json::to_string_pretty(&summary).expect("plain data serialises");
