@@ -2,6 +2,7 @@
 //! and `lstm-core`.
 
 mod bench;
+mod grad_demo;
 mod infer;
 mod plot;
 mod progress;
@@ -35,6 +36,8 @@ enum Command {
     Predict(infer::PredictArgs),
     /// Sample a continuation.
     Generate(infer::GenerateArgs),
+    /// Show why plain RNN gradients vanish or explode, and how clipping and the LSTM help.
+    GradDemo(grad_demo::GradDemoArgs),
     /// Benchmarks.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -253,6 +256,7 @@ fn main() -> ExitCode {
         Command::Export(a) => infer::export(a),
         Command::Predict(a) => infer::predict(a),
         Command::Generate(a) => infer::generate(a),
+        Command::GradDemo(a) => grad_demo::grad_demo(a),
         Command::Bench(b) => bench::run(b),
     };
     match result {

@@ -115,3 +115,32 @@ fn export_predict_generate_and_eval() {
     let (ok, _, err) = host(&["export", "--checkpoint", c, "--format", "safetensors", "--out", sf.to_str().unwrap()]);
     assert!(ok && sf.exists() && tmp.path().join("vocab.txt").exists(), "{err}");
 }
+
+/// PNG signature, an IHDR with the expected size, and an IEND chunk at the end.
+fn assert_png(path: &std::path::Path, width: u32, height: u32) {
+    let b = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    assert_eq!(&b[..8], b"\x89PNG\r\n\x1a\n", "{}", path.display());
+    assert_eq!(&b[12..16], b"IHDR");
+    assert_eq!(u32::from_be_bytes(b[16..20].try_into().unwrap()), width);
+    assert_eq!(u32::from_be_bytes(b[20..24].try_into().unwrap()), height);
+    assert_eq!(&b[b.len() - 8..b.len() - 4], b"IEND");
+}
+
+#[test]
+fn grad_demo_prints_the_series_and_draws_both_charts() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (ok, out, err) = host(&["grad-demo", "--out", tmp.path().to_str().unwrap()]);
+    assert!(ok, "{err}");
+    assert!(out.contains("largest singular value σ_max: Wh 1.6452, 0.5·Wh 0.8226"), "{out}");
+    let rows: Vec<Vec<f64>> = out
+        .lines()
+        .filter(|l| l.trim_start().chars().next().is_some_and(|c| c.is_ascii_digit()))
+        .map(|l| l.split_whitespace().skip(1).map(|v| v.parse().unwrap()).collect())
+        .collect();
+    assert_eq!(rows.len(), 20);
+    assert!(rows.windows(2).skip(2).all(|w| w[1][0] > w[0][0]), "exploding column");
+    assert!(rows.windows(2).all(|w| w[1][1] < w[0][1]), "vanishing column");
+    assert!(rows.iter().all(|r| r[3] <= 5.0 + 1e-4), "clipped column");
+    assert_png(&tmp.path().join("rnn_gradient_norm.png"), 900, 580);
+    assert_png(&tmp.path().join("tanh_derivative.png"), 800, 480);
+}

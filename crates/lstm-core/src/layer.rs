@@ -159,6 +159,16 @@ impl<S: AsRef<[f32]> + AsMut<[f32]>> Lstm<S> {
         &self.h_all()[nh..(self.steps + 1) * nh]
     }
 
+    /// Activated gates `[f | g | i | o]` (`N × 4H`) of step `t` of the last forward pass, or
+    /// `None` once `backward` has consumed them or past the last step.
+    pub fn gates(&self, t: usize) -> Option<&[f32]> {
+        if !self.tape || t >= self.steps {
+            return None;
+        }
+        let len = self.batch * 4 * self.hidden;
+        Some(&self.storage.as_ref()[t * len..(t + 1) * len])
+    }
+
     /// Gradients of the loss with respect to the initial (h, c) of the last backward pass.
     pub fn first_state_grad(&self) -> (&[f32], &[f32]) {
         let nh = self.batch * self.hidden;

@@ -9,6 +9,7 @@ pub mod config;
 pub mod data;
 pub mod export;
 pub mod gemm;
+pub mod grad_demo;
 pub mod model;
 pub mod quantized;
 pub mod training;
