@@ -58,19 +58,19 @@ fn bench_predict(
     }
     let int8 = t.elapsed().as_secs_f64() / tokens as f64;
     let macs = macs_per_token(Dims { vocab: model.vocab(), dim: model.dim(), layers: model.layers() });
-    println!(
+    outln!(
         "model: V={} D=H={} layers={} · {:.2} M multiply-adds per token",
         model.vocab(),
         model.dim(),
         model.layers(),
         macs / 1e6
-    );
-    println!(
+    )?;
+    outln!(
         "int8 predictor (1 thread): {:8.1} µs/token  {:8.0} tokens/s  {:.2} GMAC/s  (checksum {checksum})",
         int8 * 1e6,
         1.0 / int8,
         macs / int8 / 1e9
-    );
+    )?;
     if let Some(path) = checkpoint {
         let ckpt = trainer::Checkpoint::load(path).map_err(|e| e.to_string())?;
         let layout = Layout::new(ckpt.dims());
@@ -80,12 +80,12 @@ fn bench_predict(
             ws.predict(&ckpt.params, &[id]).map_err(|e| e.to_string())?;
         }
         let f32_time = t.elapsed().as_secs_f64() / tokens as f64;
-        println!(
+        outln!(
             "f32 model, batch 1 (1 thread): {:8.1} µs/token  {:8.0} tokens/s  (int8 is {:.2}× its speed)",
             f32_time * 1e6,
             1.0 / f32_time,
             f32_time / int8
-        );
+        )?;
     }
     Ok(())
 }
@@ -158,23 +158,23 @@ pub fn run(cmd: BenchCommand) -> Result<(), String> {
             let macs = macs_per_token(dims);
             let train_gflops = train_tps * macs * 2.0 * 3.0 / 1e9;
             let eval_gflops = eval_tps * macs * 2.0 / 1e9;
-            println!(
+            outln!(
                 "preset {preset}: V={vocab} D=H={} layers={} batch={} time={} threads={}",
                 cfg.dim,
                 cfg.layers,
                 cfg.batch,
                 cfg.time,
                 rayon::current_num_threads()
-            );
-            println!("gemm 2048³ (same run):  {peak:8.1} GFLOP/s");
-            println!(
+            )?;
+            outln!("gemm 2048³ (same run):  {peak:8.1} GFLOP/s")?;
+            outln!(
                 "train: {train_tps:10.0} tokens/s  {train_gflops:7.1} GFLOP/s  ({:.0}% of the GEMM peak)",
                 100.0 * train_gflops / peak
-            );
-            println!(
+            )?;
+            outln!(
                 "eval:  {eval_tps:10.0} tokens/s  {eval_gflops:7.1} GFLOP/s  ({:.0}% of the GEMM peak)",
                 100.0 * eval_gflops / peak
-            );
+            )?;
             Ok(())
         }
     }

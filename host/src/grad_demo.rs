@@ -95,16 +95,24 @@ pub fn grad_demo(args: GradDemoArgs) -> Result<(), String> {
     }
     let cfg = DemoConfig { steps: args.steps, hidden: args.hidden, batch: 2, seed: args.seed, clip: args.clip };
     let r = run(&cfg);
-    println!(
+    outln!(
         "Backward through {} steps, H = {}, N = 2, seed {}: ‖dh‖ / N after each step",
-        cfg.steps, cfg.hidden, cfg.seed
-    );
-    println!(
-        "{:>4} {:>14} {:>14} {:>14} {:>14} {:>14}",
-        "step", "RNN Wh", "RNN 0.5·Wh", "RNN + tanh", "RNN clipped", "LSTM cell"
-    );
+        cfg.steps,
+        cfg.hidden,
+        cfg.seed
+    )?;
+    outln!(
+        "{:>4} {:>13} {:>13} {:>13} {:>13} {:>13} {:>13}",
+        "step",
+        "RNN Wh",
+        "RNN 0.5·Wh",
+        "RNN + tanh",
+        "RNN clipped",
+        "LSTM f-bias 0",
+        "LSTM f-bias 3"
+    )?;
     for t in 0..cfg.steps {
-        println!(
+        outln!(
             "{:>4} {:>13.5e} {:>13.5e} {:>13.5e} {:>13.5e} {:>13.5e} {:>13.5e}",
             t + 1,
             r.rnn[t],
@@ -113,17 +121,17 @@ pub fn grad_demo(args: GradDemoArgs) -> Result<(), String> {
             r.rnn_clipped[t],
             r.lstm_cell[t],
             r.lstm_cell_open[t]
-        );
+        )?;
     }
-    println!("largest singular value σ_max: Wh {:.4}, 0.5·Wh {:.4}", r.sigma_max, r.sigma_max_scaled);
-    println!(
+    outln!("largest singular value σ_max: Wh {:.4}, 0.5·Wh {:.4}", r.sigma_max, r.sigma_max_scaled)?;
+    outln!(
         "why: ‖dh·Whᵀ‖ ≤ σ_max·‖dh‖, so T products shrink at least like σ_max^T when σ_max < 1 (vanish) and can grow like it when σ_max > 1 (explode); tanh' ≤ 1 only adds decay, while the LSTM cell path has no matrix product: it multiplies element-wise by forget gates in (0, 1), which training can hold near 1 to keep the gradient."
-    );
+    )?;
     std::fs::create_dir_all(&args.out).map_err(|e| format!("{}: {e}", args.out.display()))?;
     let norm_png = args.out.join("rnn_gradient_norm.png");
     let tanh_png = args.out.join("tanh_derivative.png");
     chart(&norm_png, &r, cfg.clip).map_err(|e| format!("{}: {e}", norm_png.display()))?;
     tanh_chart(&tanh_png).map_err(|e| format!("{}: {e}", tanh_png.display()))?;
-    println!("wrote {} and {}", norm_png.display(), tanh_png.display());
+    outln!("wrote {} and {}", norm_png.display(), tanh_png.display())?;
     Ok(())
 }

@@ -45,6 +45,14 @@ pub struct PredictArgs {
     /// How many candidates to show.
     #[arg(long, default_value_t = 5)]
     top: usize,
+    /// Machine-readable output, line for line what the firmware logs: `top N RANK ID WORD BITS
+    /// PROB` (BITS: the f32 probability's IEEE bits in hex) and a greedy continuation
+    /// `next N STEP ID WORD` of `--continue` words.
+    #[arg(long)]
+    exact: bool,
+    /// Words of greedy continuation printed with --exact.
+    #[arg(long = "continue", default_value_t = 8)]
+    continue_words: usize,
     /// Prompt; without one, prompts are read line by line from stdin.
     prompt: Option<String>,
 }
@@ -84,16 +92,16 @@ pub fn export(args: ExportArgs) -> Result<(), String> {
     match args.format {
         ExportFormat::Safetensors => {
             let vocab = export_safetensors(&ckpt, &args.out)?;
-            println!("wrote {} and {}", args.out.display(), vocab.display());
+            outln!("wrote {} and {}", args.out.display(), vocab.display())?;
         }
         ExportFormat::Int8 => {
             let (bytes, size) = export_int8(&ckpt)?;
             let kib = |b: usize| b as f64 / 1024.0;
-            println!("embedding  {:>10} bytes {:>9.1} KiB", size.embedding, kib(size.embedding));
-            println!("lstm       {:>10} bytes {:>9.1} KiB", size.lstm, kib(size.lstm));
-            println!("biases     {:>10} bytes {:>9.1} KiB", size.biases, kib(size.biases));
-            println!("vocabulary {:>10} bytes {:>9.1} KiB", size.vocabulary, kib(size.vocabulary));
-            println!("total      {:>10} bytes {:>9.1} KiB", size.total, kib(size.total));
+            outln!("embedding  {:>10} bytes {:>9.1} KiB", size.embedding, kib(size.embedding))?;
+            outln!("lstm       {:>10} bytes {:>9.1} KiB", size.lstm, kib(size.lstm))?;
+            outln!("biases     {:>10} bytes {:>9.1} KiB", size.biases, kib(size.biases))?;
+            outln!("vocabulary {:>10} bytes {:>9.1} KiB", size.vocabulary, kib(size.vocabulary))?;
+            outln!("total      {:>10} bytes {:>9.1} KiB", size.total, kib(size.total))?;
             if let Some(budget) = args.budget_flash
                 && size.total > budget
             {
@@ -104,7 +112,7 @@ pub fn export(args: ExportArgs) -> Result<(), String> {
                 ));
             }
             trainer::checkpoint::write_atomic(&args.out, &bytes).map_err(|e| e.to_string())?;
-            println!("wrote {}", args.out.display());
+            outln!("wrote {}", args.out.display())?;
         }
     }
     Ok(())
@@ -130,6 +138,26 @@ fn encode(model: &QuantModel<'_>, prompt: &str) -> (Vec<u32>, Vec<String>) {
     (ids, unknown)
 }
 
+fn predict_exact(model: &QuantModel<'_>, n: usize, prompt: &str, args: &PredictArgs) -> Result<(), String> {
+    let (ids, _) = encode(model, prompt);
+    let mut p = host_predictor(model);
+    for &id in &ids {
+        p.feed(id).map_err(|e| e.to_string())?;
+    }
+    let best = p.top_k::<MAX_TOP>().map_err(|e| e.to_string())?;
+    for (rank, c) in best.iter().take(args.top).enumerate() {
+        outln!("top {n} {rank} {} {} {:08x} {}", c.id, model.word(c.id).unwrap_or("?"), c.prob.to_bits(), c.prob)?;
+    }
+    let mut next = best.first().map(|c| c.id);
+    for step in 0..args.continue_words {
+        let Some(id) = next else { break };
+        outln!("next {n} {step} {id} {}", model.word(id).unwrap_or("?"))?;
+        p.feed(id).map_err(|e| e.to_string())?;
+        next = p.top_k::<1>().map_err(|e| e.to_string())?.first().map(|c| c.id);
+    }
+    Ok(())
+}
+
 fn predict_one(model: &QuantModel<'_>, prompt: &str, top: usize) -> Result<(), String> {
     let (ids, unknown) = encode(model, prompt);
     if !unknown.is_empty() {
@@ -143,9 +171,9 @@ fn predict_one(model: &QuantModel<'_>, prompt: &str, top: usize) -> Result<(), S
         p.feed(id).map_err(|e| e.to_string())?;
     }
     let best = p.top_k::<MAX_TOP>().map_err(|e| e.to_string())?;
-    println!("{prompt}");
+    outln!("{prompt}")?;
     for c in best.iter().take(top) {
-        println!("  {:<16} {:.6}", model.word(c.id).unwrap_or("?"), c.prob);
+        outln!("  {:<16} {:.6}", model.word(c.id).unwrap_or("?"), c.prob)?;
     }
     Ok(())
 }
@@ -156,13 +184,18 @@ pub fn predict(args: PredictArgs) -> Result<(), String> {
     }
     let bytes = read_model(&args.model)?;
     let model = QuantModel::from_bytes(&bytes).map_err(|e| e.to_string())?;
+    let run = |n: usize, prompt: &str| {
+        if args.exact { predict_exact(&model, n, prompt, &args) } else { predict_one(&model, prompt, args.top) }
+    };
     match &args.prompt {
-        Some(prompt) => predict_one(&model, prompt, args.top),
+        Some(prompt) => run(0, prompt),
         None => {
+            let mut n = 0;
             for line in std::io::stdin().lock().lines() {
                 let line = line.map_err(|e| format!("stdin: {e}"))?;
                 if !line.trim().is_empty() {
-                    predict_one(&model, &line, args.top)?;
+                    run(n, line.trim())?;
+                    n += 1;
                 }
             }
             Ok(())
@@ -217,7 +250,7 @@ pub fn generate(args: GenerateArgs) -> Result<(), String> {
             logits = ws.predict(&ckpt.params, &[next]).map_err(|e| e.to_string())?.to_vec();
         }
     }
-    println!("{}", text.trim_end());
+    outln!("{}", text.trim_end())?;
     Ok(())
 }
 

@@ -1,6 +1,15 @@
 //! `host`: the command-line program. Parsing and presentation only; the work is in `trainer`
 //! and `lstm-core`.
 
+/// `println!` that returns an error instead of panicking when stdout is closed (e.g. piped
+/// into `head`).
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout().lock(), $($arg)*).map_err(crate::stdout_error)
+    }};
+}
+
 mod bench;
 mod grad_demo;
 mod infer;
@@ -183,10 +192,10 @@ fn train(args: TrainArgs) -> Result<(), String> {
     match outcome? {
         Outcome::Finished => {
             let summary = std::fs::read_to_string(out.join("summary.json")).unwrap_or_default();
-            println!("{summary}");
+            outln!("{summary}")?;
         }
         Outcome::Paused => {
-            println!("paused; continue with: host train --preset {} --out {} --resume", args.preset, out.display())
+            outln!("paused; continue with: host train --preset {} --out {} --resume", args.preset, out.display())?
         }
     }
     Ok(())
@@ -241,11 +250,22 @@ fn eval(args: EvalArgs) -> Result<(), String> {
     };
     if args.json {
         let v = serde_json::json!({ "split": split.file_name(), "perplexity": ppl, "file": file, "weights": kind });
-        println!("{v}");
+        outln!("{v}")?;
     } else {
-        println!("perplexity {ppl:.4}");
+        outln!("perplexity {ppl:.4}")?;
     }
     Ok(())
+}
+
+/// Marks a closed stdout: not worth an error message.
+const BROKEN_PIPE: &str = "broken pipe";
+
+pub(crate) fn stdout_error(e: std::io::Error) -> String {
+    if e.kind() == std::io::ErrorKind::BrokenPipe {
+        BROKEN_PIPE.to_string()
+    } else {
+        format!("cannot write to stdout: {e}")
+    }
 }
 
 fn main() -> ExitCode {
@@ -261,6 +281,7 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e == BROKEN_PIPE => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");
             ExitCode::FAILURE
