@@ -79,3 +79,20 @@ pub fn stack_high_water() -> u32 {
     }
     (top - p) as u32
 }
+
+/// Marks the start of a measured region for the instruction-counting QEMU plugin
+/// (`bench/insn_count.c`), which watches for this function's first instruction.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn bench_start() {
+    cortex_m::asm::nop();
+}
+
+/// Marks the end of a measured region (see [`bench_start`]).
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn bench_stop() {
+    // Two instructions, so the linker cannot fold this into `bench_start`.
+    cortex_m::asm::nop();
+    cortex_m::asm::nop();
+}

@@ -11,7 +11,7 @@
 use crate::Rng;
 use crate::cell::{activate_gates, update_state};
 use crate::format::QuantModel;
-use crate::quant::{dot_i8, f32_at, quantize};
+use crate::quant::{dot_i8, dot_i8_x4, f32_at, quantize};
 use core::cmp::Ordering;
 
 /// Why a prediction could not be made.
@@ -211,6 +211,27 @@ impl<'m, F: AsRef<[f32]> + AsMut<[f32]>, Q: AsRef<[i8]> + AsMut<[i8]>> Predictor
         dot_i8(row, &self.ints.as_ref()[..h]) as f32 * (self.top_scale * scale) + self.model.out_bias(v)
     }
 
+    /// Calls `f(v, logit)` for every word in order, four rows per kernel call.
+    #[inline]
+    fn for_each_logit(&self, mut f: impl FnMut(usize, f32)) {
+        let (vocab, h) = (self.model.vocab(), self.model.dim());
+        let q = &self.ints.as_ref()[..h];
+        let full = vocab / 4 * 4;
+        let mut v0 = 0;
+        while v0 < full {
+            let rows: [(&[u8], f32); 4] = core::array::from_fn(|r| self.model.embedding_row(v0 + r));
+            let dots = dot_i8_x4(rows.map(|(row, _)| row), q);
+            for r in 0..4 {
+                let v = v0 + r;
+                f(v, dots[r] as f32 * (self.top_scale * rows[r].1) + self.model.out_bias(v));
+            }
+            v0 += 4;
+        }
+        for v in full..vocab {
+            f(v, self.logit(v));
+        }
+    }
+
     /// The `K` most probable next words, most probable first, with probabilities, in one pass
     /// over the vocabulary.
     pub fn top_k<const K: usize>(&self) -> Result<heapless::Vec<Candidate, K>, PredictError> {
@@ -220,8 +241,7 @@ impl<'m, F: AsRef<[f32]> + AsMut<[f32]>, Q: AsRef<[i8]> + AsMut<[i8]>> Predictor
         let mut lse = OnlineLse::new();
         let mut heap: heapless::BinaryHeap<core::cmp::Reverse<Ranked>, heapless::binary_heap::Max, K> =
             heapless::BinaryHeap::new();
-        for v in 0..self.model.vocab() {
-            let z = self.logit(v);
+        self.for_each_logit(|v, z| {
             lse.push(z);
             let item = core::cmp::Reverse(Ranked { logit: z, id: v as u32 });
             if heap.len() < K {
@@ -230,7 +250,7 @@ impl<'m, F: AsRef<[f32]> + AsMut<[f32]>, Q: AsRef<[i8]> + AsMut<[i8]>> Predictor
                 let _ = heap.pop();
                 let _ = heap.push(item);
             }
-        }
+        });
         let log_z = lse.value();
         let mut out: heapless::Vec<Candidate, K> = heapless::Vec::new();
         while let Some(core::cmp::Reverse(r)) = heap.pop() {
@@ -249,9 +269,7 @@ impl<'m, F: AsRef<[f32]> + AsMut<[f32]>, Q: AsRef<[i8]> + AsMut<[i8]>> Predictor
             return Err(PredictError::Token { id: target, vocab: self.model.vocab() });
         }
         let mut lse = OnlineLse::new();
-        for v in 0..self.model.vocab() {
-            lse.push(self.logit(v));
-        }
+        self.for_each_logit(|_, z| lse.push(z));
         Ok(self.logit(target as usize) - lse.value())
     }
 
@@ -262,8 +280,7 @@ impl<'m, F: AsRef<[f32]> + AsMut<[f32]>, Q: AsRef<[i8]> + AsMut<[i8]>> Predictor
             return Err(PredictError::NoContext);
         }
         let mut best = (f32::NEG_INFINITY, 0u32);
-        for v in 0..self.model.vocab() {
-            let z = self.logit(v);
+        self.for_each_logit(|v, z| {
             let key = if temperature > 0.0 {
                 // u ∈ (0, 1): the Gumbel noise −ln(−ln u) is finite.
                 let u = rng.next_f64().max(f64::MIN_POSITIVE);
@@ -274,7 +291,7 @@ impl<'m, F: AsRef<[f32]> + AsMut<[f32]>, Q: AsRef<[i8]> + AsMut<[i8]>> Predictor
             if key > best.0 {
                 best = (key, v as u32);
             }
-        }
+        });
         Ok(best.1)
     }
 }

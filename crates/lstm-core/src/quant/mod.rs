@@ -22,6 +22,23 @@ pub fn quantize(x: &[f32], q: &mut [i8]) -> f32 {
     s
 }
 
+#[cfg(arm_dsp)]
+mod dsp;
+
+/// Dot products of four int8 weight rows (bytes) with one int8 vector. Exact, so every
+/// implementation returns the same integers: `SMLAD`/`SXTB16` on Armv7E-M, portable elsewhere.
+#[inline]
+pub fn dot_i8_x4(rows: [&[u8]; 4], x: &[i8]) -> [i32; 4] {
+    #[cfg(arm_dsp)]
+    {
+        dsp::dot_i8_x4(rows, x)
+    }
+    #[cfg(not(arm_dsp))]
+    {
+        rows.map(|r| dot_i8(r, x))
+    }
+}
+
 /// `Σ a[k]·b[k]` for int8 weights stored as bytes (`a`) and int8 activations (`b`).
 #[inline]
 pub fn dot_i8(a: &[u8], b: &[i8]) -> i32 {
@@ -57,6 +74,16 @@ mod tests {
         let mut q = [1i8; 3];
         assert_eq!(quantize(&[0.0; 3], &mut q), 1.0);
         assert_eq!(q, [0; 3]);
+    }
+
+    #[test]
+    fn four_row_dot_equals_single_dots() {
+        let x: [i8; 11] = [127, -127, 3, -4, 5, 0, 7, -8, 9, 10, -11];
+        let rows: [[u8; 11]; 4] = core::array::from_fn(|r| core::array::from_fn(|k| (r * 37 + k * 91) as u8));
+        let got = dot_i8_x4([&rows[0], &rows[1], &rows[2], &rows[3]], &x);
+        for r in 0..4 {
+            assert_eq!(got[r], dot_i8(&rows[r], &x));
+        }
     }
 
     #[test]
