@@ -11,7 +11,7 @@
 //!   **f, g, i, o** (forget, candidate, input, output).
 //!
 //! One concept per module, each with its own tests:
-//! [`activation`], [`gemm`], [`cell`], [`layer`], [`embedding`], [`affine`], [`softmax`],
+//! [`activation`], [`exp`], [`gemm`], [`cell`], [`layer`], [`embedding`], [`affine`], [`softmax`],
 //! [`dropout`], [`rng`], [`optim`]; the int8 path: [`quant`], [`format`] (the exported model
 //! file, read in place) and [`predictor`] (next-word prediction with RAM independent of V).
 #![no_std]
@@ -26,6 +26,7 @@ pub mod affine;
 pub mod cell;
 pub mod dropout;
 pub mod embedding;
+pub mod exp;
 pub mod format;
 pub mod gemm;
 pub mod layer;

@@ -95,10 +95,10 @@ impl OnlineLse {
     }
     fn push(&mut self, z: f32) {
         if z > self.max {
-            self.sum = self.sum * libm::expf(self.max - z) + 1.0;
+            self.sum = self.sum * crate::exp::exp(self.max - z) + 1.0;
             self.max = z;
         } else {
-            self.sum += libm::expf(z - self.max);
+            self.sum += crate::exp::exp(z - self.max);
         }
     }
     fn value(&self) -> f32 {
@@ -254,7 +254,7 @@ impl<'m, F: AsRef<[f32]> + AsMut<[f32]>, Q: AsRef<[i8]> + AsMut<[i8]>> Predictor
         let log_z = lse.value();
         let mut out: heapless::Vec<Candidate, K> = heapless::Vec::new();
         while let Some(core::cmp::Reverse(r)) = heap.pop() {
-            let _ = out.push(Candidate { id: r.id, logit: r.logit, prob: libm::expf(r.logit - log_z) });
+            let _ = out.push(Candidate { id: r.id, logit: r.logit, prob: crate::exp::exp(r.logit - log_z) });
         }
         out.reverse();
         Ok(out)

@@ -1,24 +1,33 @@
 //! Softmax and softmax cross-entropy, stable through log-sum-exp.
+//!
+//! Each row is three vectorisable passes: the maximum, `exp(z − max)` in place ([`crate::exp`]),
+//! then a fixed-order sum.
+
+use crate::exp::{exp, max as row_max, sum as row_sum};
 
 use crate::{Error, check_len};
 
 /// Replaces `row` by softmax(row). The largest entry is subtracted first, so `exp` never
 /// overflows; the result sums to 1 and lies in [0, 1].
 pub fn softmax_in_place(row: &mut [f32]) {
-    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let mut sum = 0.0f32;
-    for v in row.iter_mut() {
-        *v = libm::expf(*v - max);
-        sum += *v;
-    }
+    let max = row_max(row);
+    row.iter_mut().for_each(|v| *v = exp(*v - max));
+    let sum = row_sum(row);
     let inv = 1.0 / sum;
     row.iter_mut().for_each(|v| *v *= inv);
 }
 
 /// `log Σ exp(row)`, stable.
 pub fn log_sum_exp(row: &[f32]) -> f32 {
-    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let sum: f32 = row.iter().map(|&v| libm::expf(v - max)).sum();
+    let max = row_max(row);
+    // Blocks of 64 keep the temporaries on the stack and the passes vectorised.
+    let mut sum = 0.0f32;
+    let mut block = [0.0f32; 64];
+    for chunk in row.chunks(64) {
+        let b = &mut block[..chunk.len()];
+        b.iter_mut().zip(chunk).for_each(|(e, &v)| *e = exp(v - max));
+        sum += row_sum(b);
+    }
     max + libm::logf(sum)
 }
 
@@ -64,13 +73,10 @@ pub fn softmax_cross_entropy_scaled(
     let mut total = 0.0f64;
     for (row, &t) in logits.chunks_exact_mut(vocab.max(1)).zip(targets) {
         let t = t as usize;
-        let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let max = row_max(row);
         let target_shifted = row[t] - max;
-        let mut sum = 0.0f32;
-        for v in row.iter_mut() {
-            *v = libm::expf(*v - max);
-            sum += *v;
-        }
+        row.iter_mut().for_each(|v| *v = exp(*v - max));
+        let sum = row_sum(row);
         total += f64::from(libm::logf(sum) - target_shifted);
         let k = scale / sum;
         row.iter_mut().for_each(|v| *v *= k);
