@@ -1,7 +1,9 @@
 //! Terminal progress: indicatif bars for training and evaluation.
 
 use indicatif::{ProgressBar, ProgressStyle};
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 use trainer::training::{EvalRecord, Observer};
 
 /// A bar with position, ETA and a message.
@@ -24,17 +26,32 @@ pub fn spinner(msg: String) -> ProgressBar {
     s
 }
 
-/// Training observer: one bar per epoch; evaluation lines printed above it.
+/// Training observer: one bar per epoch; evaluation lines printed above it. When stderr is not
+/// a terminal (a log file, CI), a plain progress line every 30 seconds instead.
 #[derive(Debug)]
 pub struct TrainProgress {
     bar: Option<ProgressBar>,
     out: PathBuf,
+    plain: bool,
+    last_line: Instant,
+    iters: usize,
+    epoch_start: (Instant, usize),
 }
+
+/// Interval between plain-text progress lines.
+const PLAIN_EVERY: Duration = Duration::from_secs(30);
 
 impl TrainProgress {
     /// Reports for a run writing into `out`.
     pub fn new(out: &Path) -> TrainProgress {
-        TrainProgress { bar: None, out: out.to_path_buf() }
+        TrainProgress {
+            bar: None,
+            out: out.to_path_buf(),
+            plain: !std::io::stderr().is_terminal(),
+            last_line: Instant::now(),
+            iters: 0,
+            epoch_start: (Instant::now(), 0),
+        }
     }
 
     /// Clears the bar.
@@ -48,13 +65,25 @@ impl TrainProgress {
 impl Observer for TrainProgress {
     fn epoch_start(&mut self, epoch: usize, iters: usize, start_iter: usize) {
         self.finish();
+        self.iters = iters;
+        self.epoch_start = (Instant::now(), start_iter);
         let b = bar(iters as u64, format!("epoch {epoch}"));
         b.set_position(start_iter as u64);
         b.reset_eta();
         self.bar = Some(b);
     }
 
-    fn step(&mut self, _epoch: usize, iter: usize, train_ppl: f64, tokens_per_s: f64) {
+    fn step(&mut self, epoch: usize, iter: usize, train_ppl: f64, tokens_per_s: f64) {
+        if self.plain && self.last_line.elapsed() >= PLAIN_EVERY {
+            self.last_line = Instant::now();
+            let (since, first) = self.epoch_start;
+            let per_iter = since.elapsed().as_secs_f64() / (iter - first).max(1) as f64;
+            let eta = per_iter * self.iters.saturating_sub(iter) as f64;
+            eprintln!(
+                "epoch {epoch} · iteration {iter}/{} · train ppl {train_ppl:.1} · {tokens_per_s:.0} tok/s · epoch ends in {eta:.0} s",
+                self.iters
+            );
+        }
         if let Some(b) = &self.bar {
             b.set_position(iter as u64);
             b.set_message(format!("train ppl {train_ppl:.1} · {tokens_per_s:.0} tok/s"));
