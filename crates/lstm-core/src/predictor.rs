@@ -211,23 +211,32 @@ impl<'m, F: AsRef<[f32]> + AsMut<[f32]>, Q: AsRef<[i8]> + AsMut<[i8]>> Predictor
         dot_i8(row, &self.ints.as_ref()[..h]) as f32 * (self.top_scale * scale) + self.model.out_bias(v)
     }
 
-    /// Calls `f(v, logit)` for every word in order, four rows per kernel call.
+    /// Calls `f(v, logit)` for every word in order, four rows per kernel call. Walks the
+    /// embedding, its scales and the output bias as zipped fixed-size chunks, so the loop
+    /// carries no index arithmetic or bounds checks.
     #[inline]
     fn for_each_logit(&self, mut f: impl FnMut(usize, f32)) {
         let (vocab, h) = (self.model.vocab(), self.model.dim());
         let q = &self.ints.as_ref()[..h];
-        let full = vocab / 4 * 4;
-        let mut v0 = 0;
-        while v0 < full {
-            let rows: [(&[u8], f32); 4] = core::array::from_fn(|r| self.model.embedding_row(v0 + r));
-            let dots = dot_i8_x4(rows.map(|(row, _)| row), q);
+        let p = self.model.payload();
+        let top = self.top_scale;
+        let groups =
+            p.embedding.chunks_exact(4 * h).zip(p.embedding_scales.chunks_exact(16)).zip(p.out_bias.chunks_exact(16));
+        let mut v = 0;
+        for ((rows, scales), biases) in groups {
+            let (r01, r23) = rows.split_at(2 * h);
+            let (r0, r1) = r01.split_at(h);
+            let (r2, r3) = r23.split_at(h);
+            let dots = dot_i8_x4([r0, r1, r2, r3], q);
             for r in 0..4 {
-                let v = v0 + r;
-                f(v, dots[r] as f32 * (self.top_scale * rows[r].1) + self.model.out_bias(v));
+                let scale =
+                    f32::from_le_bytes([scales[4 * r], scales[4 * r + 1], scales[4 * r + 2], scales[4 * r + 3]]);
+                let bias = f32::from_le_bytes([biases[4 * r], biases[4 * r + 1], biases[4 * r + 2], biases[4 * r + 3]]);
+                f(v + r, dots[r] as f32 * (top * scale) + bias);
             }
-            v0 += 4;
+            v += 4;
         }
-        for v in full..vocab {
+        for v in v..vocab {
             f(v, self.logit(v));
         }
     }

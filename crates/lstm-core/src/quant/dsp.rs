@@ -54,7 +54,7 @@ fn word_i8(b: &[i8]) -> u32 {
 
 /// Dot products of four int8 weight rows with one int8 vector; the vector is unpacked once
 /// per four columns and shared by the four rows.
-#[inline]
+#[inline(always)]
 pub fn dot_i8_x4(rows: [&[u8]; 4], x: &[i8]) -> [i32; 4] {
     let [r0, r1, r2, r3] = rows;
     let (mut a0, mut a1, mut a2, mut a3) = (0i32, 0i32, 0i32, 0i32);

@@ -27,7 +27,7 @@ mod dsp;
 
 /// Dot products of four int8 weight rows (bytes) with one int8 vector. Exact, so every
 /// implementation returns the same integers: `SMLAD`/`SXTB16` on Armv7E-M, portable elsewhere.
-#[inline]
+#[inline(always)]
 pub fn dot_i8_x4(rows: [&[u8]; 4], x: &[i8]) -> [i32; 4] {
     #[cfg(arm_dsp)]
     {
