@@ -183,6 +183,15 @@ fn train(args: TrainArgs) -> Result<(), String> {
     opts.resume = args.resume;
     opts.max_steps = args.max_steps;
     opts.checkpoint_every = std::time::Duration::from_secs_f64((args.checkpoint_minutes * 60.0).max(1.0));
+    // Ctrl-C: finish the current iteration, write last.ckpt, exit; a second Ctrl-C aborts.
+    let stop = opts.stop.clone();
+    ctrlc::set_handler(move || {
+        if stop.swap(true, std::sync::atomic::Ordering::Relaxed) {
+            std::process::exit(130);
+        }
+        eprintln!("\ninterrupted: saving a checkpoint after this iteration (Ctrl-C again to abort)");
+    })
+    .map_err(|e| format!("cannot install the Ctrl-C handler: {e}"))?;
     let mut observer = progress::TrainProgress::new(&out);
     let outcome = trainer::train(&config, &corpus, &opts, &mut observer).map_err(|e| e.to_string());
     observer.finish();

@@ -144,3 +144,71 @@ fn grad_demo_prints_the_series_and_draws_both_charts() {
     assert_png(&tmp.path().join("rnn_gradient_norm.png"), 900, 580);
     assert_png(&tmp.path().join("tanh_derivative.png"), 800, 480);
 }
+
+/// Ctrl-C (SIGINT) during training writes a checkpoint at the current iteration; resuming
+/// ends with weights bit-identical to an uninterrupted run.
+#[test]
+fn interrupted_training_resumes_bit_identically() {
+    let tmp = tempfile::tempdir().unwrap();
+    let line = " the cat sees the dog \n a dog likes the cat \n the <unk> sells a house \n mr. smith buys shares \n";
+    for name in ["ptb.train.txt", "ptb.valid.txt", "ptb.test.txt"] {
+        std::fs::write(tmp.path().join(name), line.repeat(200)).unwrap();
+    }
+    let data = tmp.path().to_str().unwrap().to_string();
+    let args = |out: &std::path::Path| -> Vec<String> {
+        [
+            "train",
+            "--preset",
+            "tiny",
+            "--data",
+            &data,
+            "--dim",
+            "48",
+            "--batch",
+            "8",
+            "--time",
+            "20",
+            "--epochs",
+            "1000",
+            "--max-steps",
+            "1500",
+            "--out",
+            out.to_str().unwrap(),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    };
+    let reference = tmp.path().join("reference");
+    let (ok, _, err) = host(&args(&reference).iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(ok, "{err}");
+
+    let run = tmp.path().join("interrupted");
+    let mut child =
+        Command::new(env!("CARGO_BIN_EXE_host")).args(args(&run)).stderr(std::process::Stdio::piped()).spawn().unwrap();
+    // Wait for some progress, then interrupt.
+    let log = run.join("train_log.jsonl");
+    let start = std::time::Instant::now();
+    while std::fs::read_to_string(&log).map_or(0, |t| t.lines().count()) < 3 {
+        assert!(start.elapsed().as_secs() < 60, "no training progress");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let kill = Command::new("sh").arg("-c").arg(format!("kill -INT {}", child.id())).status().unwrap();
+    assert!(kill.success());
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("interrupted"), "the run finished before the signal arrived: {err}");
+    let paused = trainer::Checkpoint::load(&run.join("last.ckpt")).unwrap();
+    assert!(paused.progress.step > 0 && paused.progress.step < 1500, "stopped at {}", paused.progress.step);
+
+    let mut resume = args(&run);
+    resume.push("--resume".into());
+    let (ok, _, err) = host(&resume.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(ok, "{err}");
+    let a = trainer::Checkpoint::load(&reference.join("last.ckpt")).unwrap();
+    let b = trainer::Checkpoint::load(&run.join("last.ckpt")).unwrap();
+    assert_eq!(a.progress.step, 1500);
+    assert_eq!(b.progress.step, 1500);
+    assert!(a.params.iter().zip(&b.params).all(|(x, y)| x.to_bits() == y.to_bits()), "weights differ after resume");
+}

@@ -173,6 +173,9 @@ pub struct RunOptions {
     pub checkpoint_every: Duration,
     /// Skip the final test evaluation (tests use this to stay fast).
     pub skip_test: bool,
+    /// Set from elsewhere (a Ctrl-C handler) to stop after the current iteration with a
+    /// checkpoint, exactly as `max_steps` would.
+    pub stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl RunOptions {
@@ -184,6 +187,7 @@ impl RunOptions {
             max_steps: None,
             checkpoint_every: Duration::from_secs(300),
             skip_test: false,
+            stop: Default::default(),
         }
     }
 }
@@ -253,6 +257,11 @@ fn truncate_log(path: &Path, step: u64) -> Result<(), TrainError> {
         .map(|l| format!("{l}\n"))
         .collect();
     write_atomic(path, kept.as_bytes()).map_err(TrainError::from)
+}
+
+fn stop_message(interrupted: bool, step: u64, last: &Path) -> String {
+    let why = if interrupted { "interrupted" } else { "--max-steps" };
+    format!("stopped at step {step} ({why}); {} saved, continue with --resume", last.display())
 }
 
 /// Number of parameters of a model.
@@ -393,7 +402,8 @@ pub fn train(
                 append_json(&log_path, &point)?;
                 (window_loss, window_n) = (0.0, 0);
             }
-            let stop = opts.max_steps.is_some_and(|m| ckpt.progress.step >= m);
+            let interrupted = opts.stop.load(std::sync::atomic::Ordering::Relaxed);
+            let stop = interrupted || opts.max_steps.is_some_and(|m| ckpt.progress.step >= m);
             let periodic = last_save.elapsed() >= opts.checkpoint_every;
             if (stop || periodic) && it + 1 < iters {
                 ckpt.progress.rng_state = rng.state();
@@ -402,10 +412,7 @@ pub fn train(
                 ckpt.save(&last_path)?;
                 last_save = Instant::now();
                 if stop {
-                    observer.message(&format!(
-                        "stopped at step {} (--max-steps); resume with --resume",
-                        ckpt.progress.step
-                    ));
+                    observer.message(&stop_message(interrupted, ckpt.progress.step, &last_path));
                     return Ok(Outcome::Paused);
                 }
             }
@@ -447,8 +454,11 @@ pub fn train(
         last_save = Instant::now();
         append_json(&metrics_path, &record)?;
         observer.evaluated(&record);
-        if opts.max_steps.is_some_and(|m| ckpt.progress.step >= m) && ckpt.progress.epoch < config.epochs {
-            observer.message(&format!("stopped at step {} (--max-steps); resume with --resume", ckpt.progress.step));
+        let interrupted = opts.stop.load(std::sync::atomic::Ordering::Relaxed);
+        if (interrupted || opts.max_steps.is_some_and(|m| ckpt.progress.step >= m))
+            && ckpt.progress.epoch < config.epochs
+        {
+            observer.message(&stop_message(interrupted, ckpt.progress.step, &last_path));
             return Ok(Outcome::Paused);
         }
     }
