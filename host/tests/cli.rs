@@ -184,7 +184,7 @@ fn interrupted_training_resumes_bit_identically() {
     assert!(ok, "{err}");
 
     let run = tmp.path().join("interrupted");
-    let mut child =
+    let child =
         Command::new(env!("CARGO_BIN_EXE_host")).args(args(&run)).stderr(std::process::Stdio::piped()).spawn().unwrap();
     // Wait for some progress, then interrupt.
     let log = run.join("train_log.jsonl");
