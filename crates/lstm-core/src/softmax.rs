@@ -85,6 +85,69 @@ pub fn softmax_cross_entropy_scaled(
     Ok(total)
 }
 
+/// [`softmax_cross_entropy_scaled`] for an affine output whose bias has not been added yet:
+/// each row of `scores` (`x·W`) gets `bias` added in the same pass that finds its maximum, and
+/// the bias gradient (the sum of the rows of `d loss / d logits`) is added into `d_bias` while
+/// the row is still in cache. Saves two passes over the `M × V` matrix.
+pub fn softmax_cross_entropy_biased(
+    scores: &mut [f32],
+    bias: &[f32],
+    targets: &[u32],
+    scale: f32,
+    d_bias: &mut [f32],
+) -> Result<f64, Error> {
+    let vocab = bias.len();
+    check_len("logits", scores.len(), targets.len() * vocab)?;
+    check_len("bias gradient", d_bias.len(), vocab)?;
+    if let Some(&bad) = targets.iter().find(|&&t| t as usize >= vocab) {
+        return Err(Error::TokenOutOfRange { id: bad, vocab });
+    }
+    let mut total = 0.0f64;
+    for (row, &t) in scores.chunks_exact_mut(vocab.max(1)).zip(targets) {
+        let t = t as usize;
+        row.iter_mut().zip(bias).for_each(|(z, b)| *z += b);
+        let max = row_max(row);
+        let target_shifted = row[t] - max;
+        row.iter_mut().for_each(|v| *v = exp(*v - max));
+        let sum = row_sum(row);
+        total += f64::from(libm::logf(sum) - target_shifted);
+        let k = scale / sum;
+        row.iter_mut().for_each(|v| *v *= k);
+        row[t] -= scale;
+        d_bias.iter_mut().zip(row.iter()).for_each(|(d, g)| *d += g);
+    }
+    Ok(total)
+}
+
+/// [`cross_entropy_sum`] for scores without their bias (added on the fly, `scores` unchanged).
+pub fn cross_entropy_sum_biased(scores: &[f32], bias: &[f32], targets: &[u32]) -> Result<f64, Error> {
+    let vocab = bias.len();
+    check_len("logits", scores.len(), targets.len() * vocab)?;
+    let mut total = 0.0f64;
+    let mut block = [0.0f32; 64];
+    for (row, &t) in scores.chunks_exact(vocab.max(1)).zip(targets) {
+        let t_us = t as usize;
+        if t_us >= vocab {
+            return Err(Error::TokenOutOfRange { id: t, vocab });
+        }
+        // Max of the biased row, then Σ exp in blocks of 64 (no temporary of V values).
+        let mut max = f32::NEG_INFINITY;
+        for (c, bc) in row.chunks(64).zip(bias.chunks(64)) {
+            let b = &mut block[..c.len()];
+            b.iter_mut().zip(c).zip(bc).for_each(|((o, z), bb)| *o = z + bb);
+            max = max.max(row_max(b));
+        }
+        let mut sum = 0.0f32;
+        for (c, bc) in row.chunks(64).zip(bias.chunks(64)) {
+            let b = &mut block[..c.len()];
+            b.iter_mut().zip(c).zip(bc).for_each(|((o, z), bb)| *o = exp(z + bb - max));
+            sum += row_sum(b);
+        }
+        total += f64::from(max + libm::logf(sum) - (row[t_us] + bias[t_us]));
+    }
+    Ok(total)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -114,6 +177,28 @@ mod tests {
             softmax_cross_entropy(&mut [0.0; 4], 4, &[4]),
             Err(Error::TokenOutOfRange { id: 4, vocab: 4 })
         ));
+    }
+
+    #[test]
+    fn biased_variants_equal_adding_the_bias_first() {
+        let (m, v) = (3usize, 70usize);
+        let scores: std::vec::Vec<f32> = (0..m * v).map(|i| ((i * 37 % 23) as f32 - 11.0) * 0.3).collect();
+        let bias: std::vec::Vec<f32> = (0..v).map(|i| (i % 7) as f32 * 0.1 - 0.3).collect();
+        let targets = [4u32, 69, 0];
+        let mut with_bias: std::vec::Vec<f32> = scores.iter().enumerate().map(|(i, z)| z + bias[i % v]).collect();
+        let want_sum = cross_entropy_sum(&with_bias, v, &targets).unwrap();
+        let got_sum = cross_entropy_sum_biased(&scores, &bias, &targets).unwrap();
+        assert!((want_sum - got_sum).abs() < 1e-5, "{want_sum} vs {got_sum}");
+        let want = softmax_cross_entropy_scaled(&mut with_bias, v, &targets, 0.5).unwrap();
+        let mut fused = scores.clone();
+        let mut d_bias = std::vec![0.0f32; v];
+        let got = softmax_cross_entropy_biased(&mut fused, &bias, &targets, 0.5, &mut d_bias).unwrap();
+        assert_eq!(want, got);
+        assert_eq!(with_bias, fused);
+        for j in 0..v {
+            let col: f32 = (0..m).map(|i| with_bias[i * v + j]).sum();
+            assert!((col - d_bias[j]).abs() < 1e-6);
+        }
     }
 
     proptest! {

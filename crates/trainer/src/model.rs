@@ -6,11 +6,10 @@
 //! and the order of calls.
 
 use crate::gemm::FastGemm;
-use lstm_core::affine::{affine_backward, affine_forward};
 use lstm_core::dropout::Dropout;
 use lstm_core::embedding::{embedding_backward, embedding_forward};
-use lstm_core::softmax::{cross_entropy_sum, softmax_cross_entropy_scaled};
-use lstm_core::{Lstm, LstmGrads, LstmWeights, Mat, Rng};
+use lstm_core::softmax::{cross_entropy_sum_biased, softmax_cross_entropy_biased};
+use lstm_core::{Gemm, Lstm, LstmGrads, LstmWeights, Mat, Rng};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use std::ops::Range;
@@ -90,6 +89,8 @@ pub struct Workspace {
     logits: Vec<f32>,
     grad_a: Vec<f32>,
     grad_b: Vec<f32>,
+    /// Per-softmax-block output-bias gradients, summed in order.
+    bias_partials: Vec<f32>,
     /// Gradient, same layout as the parameters.
     pub grads: Vec<f32>,
 }
@@ -119,6 +120,7 @@ impl Workspace {
             logits: vec![0.0; rows * vocab],
             grad_a: vec![0.0; rows * dim],
             grad_b: vec![0.0; rows * dim],
+            bias_partials: Vec::new(),
             grads: vec![0.0; layout.total],
         }
     }
@@ -159,7 +161,9 @@ impl Workspace {
         Ok(())
     }
 
-    /// Forward to logits. `ids` is `time × batch`, time-major.
+    /// Forward to the output scores `h·Eᵀ`, **without** the output bias: the softmax adds it in
+    /// the same pass over each row (see `lstm_core::softmax::softmax_cross_entropy_biased`).
+    /// `ids` is `time × batch`, time-major.
     fn forward(
         &mut self,
         params: &[f32],
@@ -180,7 +184,8 @@ impl Workspace {
         }
         let tied = Mat::new(&params[self.layout.embedding.clone()], self.layout.dims.vocab, d).t();
         let top = &self.inputs[self.layers.len()];
-        affine_forward(&self.gemm, top, tied, &params[self.layout.out_bias.clone()], &mut self.logits)
+        self.gemm.gemm(1.0, Mat::new(top, self.batch * self.time, d), tied, 0.0, &mut self.logits);
+        Ok(())
     }
 
     /// One training step's forward and backward pass: returns the mean loss and leaves the
@@ -195,12 +200,20 @@ impl Workspace {
     ) -> Result<f32, lstm_core::Error> {
         self.forward(params, ids, dropout, rng, true)?;
         let (v, d) = (self.layout.dims.vocab, self.layout.dims.dim);
-        let scale = 1.0 / targets.len() as f32;
+        let rows = targets.len();
+        let scale = 1.0 / rows as f32;
+        let bias = &params[self.layout.out_bias.clone()];
+        // Each block of rows accumulates its own bias gradient; they are summed in block order,
+        // so the result does not depend on scheduling.
+        let blocks = rows.div_ceil(SOFTMAX_BLOCK);
+        self.bias_partials.resize(blocks * v, 0.0);
+        self.bias_partials.fill(0.0);
         let sums: Vec<Result<f64, lstm_core::Error>> = self
             .logits
             .par_chunks_mut(v * SOFTMAX_BLOCK)
             .zip(targets.par_chunks(SOFTMAX_BLOCK))
-            .map(|(block, t)| softmax_cross_entropy_scaled(block, v, t, scale))
+            .zip(self.bias_partials.par_chunks_mut(v))
+            .map(|((block, t), db)| softmax_cross_entropy_biased(block, bias, t, scale, db))
             .collect();
         let mut total = 0.0f64;
         for s in sums {
@@ -208,10 +221,16 @@ impl Workspace {
         }
         self.grads.fill(0.0);
         let (g_emb_and_lstm, g_out) = self.grads.split_at_mut(self.layout.out_bias.start);
+        for partial in self.bias_partials.chunks_exact(v) {
+            g_out.iter_mut().zip(partial).for_each(|(g, p)| *g += p);
+        }
+        // Tied output layer: dE += dYᵀ·h (the output use of the embedding), dh = dY·E.
         let g_emb = &mut g_emb_and_lstm[self.layout.embedding.clone()];
-        let tied = Mat::new(&params[self.layout.embedding.clone()], v, d).t();
-        let top = &self.inputs[self.layers.len()];
-        affine_backward(&self.gemm, top, tied, &self.logits, g_emb, g_out, &mut self.grad_a)?;
+        let emb = Mat::new(&params[self.layout.embedding.clone()], v, d);
+        let top = Mat::new(&self.inputs[self.layers.len()], rows, d);
+        let dy = Mat::new(&self.logits, rows, v);
+        self.gemm.gemm(1.0, dy.t(), top, 1.0, g_emb);
+        self.gemm.gemm(1.0, dy, emb, 0.0, &mut self.grad_a);
         for l in (0..self.layers.len()).rev() {
             dropout.backward(&mut self.grad_a, &self.masks[l + 1]);
             let w = self.layout.lstm_weights(params, l);
@@ -232,11 +251,12 @@ impl Workspace {
         let mut unused = Rng::new(0);
         self.forward(params, ids, Dropout { p: 0.0 }, &mut unused, false)?;
         let v = self.layout.dims.vocab;
+        let bias = &params[self.layout.out_bias.clone()];
         let sums: Vec<Result<f64, lstm_core::Error>> = self
             .logits
             .par_chunks(v * SOFTMAX_BLOCK)
             .zip(targets.par_chunks(SOFTMAX_BLOCK))
-            .map(|(block, t)| cross_entropy_sum(block, v, t))
+            .map(|(block, t)| cross_entropy_sum_biased(block, bias, t))
             .collect();
         sums.into_iter().sum()
     }
@@ -252,18 +272,17 @@ impl Workspace {
         rng: &mut Rng,
     ) -> Result<f64, lstm_core::Error> {
         self.forward(params, ids, dropout, rng, true)?;
-        Ok(cross_entropy_sum(&self.logits, self.layout.dims.vocab, targets)? / targets.len() as f64)
-    }
-
-    /// Logits of the last forward pass, `rows × V`.
-    pub fn logits(&self) -> &[f32] {
-        &self.logits
+        let bias = &params[self.layout.out_bias.clone()];
+        Ok(cross_entropy_sum_biased(&self.logits, bias, targets)? / targets.len() as f64)
     }
 
     /// Forward only, leaving logits (for prediction and generation with the f32 model).
     pub fn predict(&mut self, params: &[f32], ids: &[u32]) -> Result<&[f32], lstm_core::Error> {
         let mut unused = Rng::new(0);
         self.forward(params, ids, Dropout { p: 0.0 }, &mut unused, false)?;
+        let bias = &params[self.layout.out_bias.clone()];
+        let v = self.layout.dims.vocab;
+        self.logits.chunks_exact_mut(v).for_each(|row| row.iter_mut().zip(bias).for_each(|(z, b)| *z += b));
         Ok(&self.logits)
     }
 }
