@@ -142,18 +142,17 @@ pub fn run(cmd: BenchCommand) -> Result<(), String> {
                 step(&mut ws, &mut params, &mut rng)?;
             }
             let train_tps = (iters * rows) as f64 / t.elapsed().as_secs_f64();
-            let mut eval_ws = Workspace::new(&layout, 10, 35, gemm);
-            let eval_ids = &ids[..350.min(rows)];
-            let eval_rows = eval_ids.len();
-            let mut eval_ids_full = eval_ids.to_vec();
-            eval_ids_full.resize(350, 0);
+            // Evaluation runs like validation: 10 streams × 35 steps.
+            let (eval_batch, eval_time) = (trainer::training::EVAL_BATCH, trainer::training::EVAL_TIME);
+            let eval_rows = eval_batch * eval_time;
+            let mut eval_ws = Workspace::new(&layout, eval_batch, eval_time, gemm);
+            let eval_ids: Vec<u32> = (0..eval_rows).map(|_| (rng.next_u64() % vocab as u64) as u32).collect();
             let t = Instant::now();
             let eval_iters = iters * 2;
             for _ in 0..eval_iters {
-                eval_ws.eval_step(&params, &eval_ids_full, &eval_ids_full).map_err(|e| e.to_string())?;
+                eval_ws.eval_step(&params, &eval_ids, &eval_ids).map_err(|e| e.to_string())?;
             }
-            let _ = eval_rows;
-            let eval_tps = (eval_iters * 350) as f64 / t.elapsed().as_secs_f64();
+            let eval_tps = (eval_iters * eval_rows) as f64 / t.elapsed().as_secs_f64();
             let peak = gemm_peak(2048);
             let macs = macs_per_token(dims);
             let train_gflops = train_tps * macs * 2.0 * 3.0 / 1e9;
