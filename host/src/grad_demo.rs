@@ -128,6 +128,7 @@ pub fn grad_demo(args: GradDemoArgs) -> Result<(), String> {
         "why: ‖dh·Whᵀ‖ ≤ σ_max·‖dh‖, so T products shrink at least like σ_max^T when σ_max < 1 (vanish) and can grow like it when σ_max > 1 (explode); tanh' ≤ 1 only adds decay, while the LSTM cell path has no matrix product: it multiplies element-wise by forget gates in (0, 1), which training can hold near 1 to keep the gradient."
     )?;
     std::fs::create_dir_all(&args.out).map_err(|e| format!("{}: {e}", args.out.display()))?;
+    crate::plot::ensure_font()?;
     let norm_png = args.out.join("rnn_gradient_norm.png");
     let tanh_png = args.out.join("tanh_derivative.png");
     chart(&norm_png, &r, cfg.clip).map_err(|e| format!("{}: {e}", norm_png.display()))?;

@@ -2,7 +2,43 @@
 
 use plotters::prelude::*;
 use std::path::Path;
+use std::sync::OnceLock;
 use trainer::training::{EvalRecord, TrainPoint};
+
+/// Fonts tried in order after `$HOST_FONT`: common locations on Linux, macOS and Windows.
+const FONT_CANDIDATES: &[&str] = &[
+    "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
+    "/usr/share/fonts/dejavu/DejaVuSans.ttf",
+    "/usr/share/fonts/TTF/DejaVuSans.ttf",
+    "/usr/share/fonts/dejavu-sans-fonts/DejaVuSans.ttf",
+    "/usr/share/fonts/truetype/liberation/LiberationSans-Regular.ttf",
+    "/usr/share/fonts/liberation-sans/LiberationSans-Regular.ttf",
+    "/usr/share/fonts/truetype/freefont/FreeSans.ttf",
+    "/System/Library/Fonts/Supplemental/Arial.ttf",
+    "/Library/Fonts/Arial.ttf",
+    "C:\\Windows\\Fonts\\arial.ttf",
+];
+
+/// Registers a TTF font as "sans-serif" once per process. Charts need one for their labels;
+/// without any, drawing fails with this message and the caller skips the chart.
+pub fn ensure_font() -> Result<(), String> {
+    static FONT: OnceLock<Result<(), String>> = OnceLock::new();
+    FONT.get_or_init(|| {
+        let from_env = std::env::var("HOST_FONT").ok();
+        let candidates = from_env.iter().map(String::as_str).chain(FONT_CANDIDATES.iter().copied());
+        for path in candidates {
+            if let Ok(bytes) = std::fs::read(path) {
+                // Registered fonts must live for the whole program.
+                let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
+                if plotters::style::register_font("sans-serif", FontStyle::Normal, bytes).is_ok() {
+                    return Ok(());
+                }
+            }
+        }
+        Err("no TrueType font found for chart labels: install one (Debian: fonts-dejavu-core) or set HOST_FONT=/path/to/font.ttf".into())
+    })
+    .clone()
+}
 
 fn read_jsonl<T: serde::de::DeserializeOwned>(path: &Path) -> Vec<T> {
     std::fs::read_to_string(path).unwrap_or_default().lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
@@ -16,6 +52,7 @@ pub fn perplexity_chart(out: &Path) -> Result<(), Box<dyn std::error::Error>> {
     if train.is_empty() && evals.is_empty() {
         return Ok(());
     }
+    ensure_font()?;
     let xs = train.iter().map(|p| p.epoch).chain(evals.iter().map(|e| e.epoch as f64));
     let x_max = xs.fold(1.0f64, f64::max);
     let ys: Vec<f64> =
