@@ -224,10 +224,7 @@ impl<'m, F: AsRef<[f32]> + AsMut<[f32]>, Q: AsRef<[i8]> + AsMut<[i8]>> Predictor
             p.embedding.chunks_exact(4 * h).zip(p.embedding_scales.chunks_exact(16)).zip(p.out_bias.chunks_exact(16));
         let mut v = 0;
         for ((rows, scales), biases) in groups {
-            let (r01, r23) = rows.split_at(2 * h);
-            let (r0, r1) = r01.split_at(h);
-            let (r2, r3) = r23.split_at(h);
-            let dots = dot_i8_x4([r0, r1, r2, r3], q);
+            let dots = dot_i8_x4(rows, q);
             for r in 0..4 {
                 let scale =
                     f32::from_le_bytes([scales[4 * r], scales[4 * r + 1], scales[4 * r + 2], scales[4 * r + 3]]);

@@ -25,17 +25,20 @@ pub fn quantize(x: &[f32], q: &mut [i8]) -> f32 {
 #[cfg(arm_dsp)]
 mod dsp;
 
-/// Dot products of four int8 weight rows (bytes) with one int8 vector. Exact, so every
-/// implementation returns the same integers: `SMLAD`/`SXTB16` on Armv7E-M, portable elsewhere.
+/// Dot products of four int8 weight rows stored back to back in `block` (row `r` is
+/// `block[r·n .. (r+1)·n]`, `n = x.len()`; rows missing from a short block give 0) with one int8
+/// vector. Exact, so every implementation returns the same integers: `SMLAD`/`SXTB16` on
+/// Armv7E-M, portable elsewhere.
 #[inline(always)]
-pub fn dot_i8_x4(rows: [&[u8]; 4], x: &[i8]) -> [i32; 4] {
+pub fn dot_i8_x4(block: &[u8], x: &[i8]) -> [i32; 4] {
     #[cfg(arm_dsp)]
     {
-        dsp::dot_i8_x4(rows, x)
+        dsp::dot_i8_x4(block, x)
     }
     #[cfg(not(arm_dsp))]
     {
-        rows.map(|r| dot_i8(r, x))
+        let n = x.len();
+        core::array::from_fn(|r| block.get(r * n..(r + 1) * n).map_or(0, |row| dot_i8(row, x)))
     }
 }
 
@@ -79,10 +82,10 @@ mod tests {
     #[test]
     fn four_row_dot_equals_single_dots() {
         let x: [i8; 11] = [127, -127, 3, -4, 5, 0, 7, -8, 9, 10, -11];
-        let rows: [[u8; 11]; 4] = core::array::from_fn(|r| core::array::from_fn(|k| (r * 37 + k * 91) as u8));
-        let got = dot_i8_x4([&rows[0], &rows[1], &rows[2], &rows[3]], &x);
+        let block: [u8; 44] = core::array::from_fn(|i| (i * 37 + (i % 11) * 91) as u8);
+        let got = dot_i8_x4(&block, &x);
         for r in 0..4 {
-            assert_eq!(got[r], dot_i8(&rows[r], &x));
+            assert_eq!(got[r], dot_i8(&block[r * 11..(r + 1) * 11], &x));
         }
     }
 
