@@ -72,17 +72,23 @@ pub fn softmax_cross_entropy_scaled(
     }
     let mut total = 0.0f64;
     for (row, &t) in logits.chunks_exact_mut(vocab.max(1)).zip(targets) {
-        let t = t as usize;
-        let max = row_max(row);
-        let target_shifted = row[t] - max;
-        row.iter_mut().for_each(|v| *v = exp(*v - max));
-        let sum = row_sum(row);
-        total += f64::from(libm::logf(sum) - target_shifted);
-        let k = scale / sum;
-        row.iter_mut().for_each(|v| *v *= k);
-        row[t] -= scale;
+        total += f64::from(softmax_cross_entropy_row(row, t as usize, scale));
     }
     Ok(total)
+}
+
+/// One row: returns `−log softmax(row)[t]` and leaves `scale·(softmax(row) − onehot(t))` in
+/// `row`. `t` must be in range (checked by the callers).
+#[inline]
+fn softmax_cross_entropy_row(row: &mut [f32], t: usize, scale: f32) -> f32 {
+    let max = row_max(row);
+    let target_shifted = row[t] - max;
+    row.iter_mut().for_each(|v| *v = exp(*v - max));
+    let sum = row_sum(row);
+    let k = scale / sum;
+    row.iter_mut().for_each(|v| *v *= k);
+    row[t] -= scale;
+    libm::logf(sum) - target_shifted
 }
 
 /// [`softmax_cross_entropy_scaled`] for an affine output whose bias has not been added yet:
@@ -104,16 +110,8 @@ pub fn softmax_cross_entropy_biased(
     }
     let mut total = 0.0f64;
     for (row, &t) in scores.chunks_exact_mut(vocab.max(1)).zip(targets) {
-        let t = t as usize;
         row.iter_mut().zip(bias).for_each(|(z, b)| *z += b);
-        let max = row_max(row);
-        let target_shifted = row[t] - max;
-        row.iter_mut().for_each(|v| *v = exp(*v - max));
-        let sum = row_sum(row);
-        total += f64::from(libm::logf(sum) - target_shifted);
-        let k = scale / sum;
-        row.iter_mut().for_each(|v| *v *= k);
-        row[t] -= scale;
+        total += f64::from(softmax_cross_entropy_row(row, t as usize, scale));
         d_bias.iter_mut().zip(row.iter()).for_each(|(d, g)| *d += g);
     }
     Ok(total)
