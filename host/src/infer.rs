@@ -254,19 +254,11 @@ pub fn generate(args: GenerateArgs) -> Result<(), String> {
     Ok(())
 }
 
-/// Gumbel-max sampling from softmax(logits / T), as the int8 predictor does.
+/// Samples from softmax(logits / T) with the same one-pass rule as the int8 predictor.
 fn sample_logits(logits: &[f32], temperature: f32, rng: &mut Rng) -> u32 {
-    let mut best = (f32::NEG_INFINITY, 0u32);
+    let mut choice = lstm_core::sampling::GumbelMax::new(temperature);
     for (v, &z) in logits.iter().enumerate() {
-        let key = if temperature > 0.0 {
-            let u = rng.next_f64().max(f64::MIN_POSITIVE);
-            z / temperature - (-(u.ln())).ln() as f32
-        } else {
-            z
-        };
-        if key > best.0 {
-            best = (key, v as u32);
-        }
+        choice.push(v as u32, z, rng);
     }
-    best.1
+    choice.winner()
 }

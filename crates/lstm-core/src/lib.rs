@@ -34,6 +34,7 @@ pub mod optim;
 pub mod predictor;
 pub mod quant;
 pub mod rng;
+pub mod sampling;
 pub mod softmax;
 
 pub use format::{FormatError, QuantModel};

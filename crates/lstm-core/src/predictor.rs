@@ -12,6 +12,7 @@ use crate::Rng;
 use crate::cell::{activate_gates, update_state};
 use crate::format::QuantModel;
 use crate::quant::{dot_i8, dot_i8_x4, f32_at, quantize};
+use crate::sampling::GumbelMax;
 use core::cmp::Ordering;
 
 /// Why a prediction could not be made.
@@ -279,25 +280,14 @@ impl<'m, F: AsRef<[f32]> + AsMut<[f32]>, Q: AsRef<[i8]> + AsMut<[i8]>> Predictor
         Ok(self.logit(target as usize) - lse.value())
     }
 
-    /// Draws the next word from softmax(logits / `temperature`) in one pass (Gumbel-max:
-    /// `argmax z/T − ln(−ln u)`). A temperature of 0 (or below) picks the most probable word.
+    /// Draws the next word from softmax(logits / `temperature`) in one pass
+    /// ([`GumbelMax`]). A temperature of 0 (or below) picks the most probable word.
     pub fn sample(&self, temperature: f32, rng: &mut Rng) -> Result<u32, PredictError> {
         if !self.fed {
             return Err(PredictError::NoContext);
         }
-        let mut best = (f32::NEG_INFINITY, 0u32);
-        self.for_each_logit(|v, z| {
-            let key = if temperature > 0.0 {
-                // u ∈ (0, 1): the Gumbel noise −ln(−ln u) is finite.
-                let u = rng.next_f64().max(f64::MIN_POSITIVE);
-                z / temperature - libm::log(-libm::log(u)) as f32
-            } else {
-                z
-            };
-            if key > best.0 {
-                best = (key, v as u32);
-            }
-        });
-        Ok(best.1)
+        let mut choice = GumbelMax::new(temperature);
+        self.for_each_logit(|v, z| choice.push(v as u32, z, rng));
+        Ok(choice.winner())
     }
 }
