@@ -5,7 +5,7 @@ use clap::Subcommand;
 use lstm_core::{Gemm, Mat, Rng};
 use std::time::Instant;
 use trainer::config::Config;
-use trainer::gemm::FastGemm;
+use trainer::gemm::{Backend, FastGemm};
 use trainer::model::{Dims, Layout, Workspace, init_params};
 
 #[derive(Subcommand, Debug)]
@@ -21,6 +21,22 @@ pub enum BenchCommand {
         /// Timed training iterations.
         #[arg(long, default_value_t = 20)]
         iters: usize,
+        /// Worker threads [default: all cores].
+        #[arg(long)]
+        threads: Option<usize>,
+        /// Also print where a training step's time goes, phase by phase.
+        #[arg(long)]
+        profile: bool,
+    },
+    /// GFLOP/s of every matrix product of a training step of a preset (with the operands'
+    /// transpositions), on each GEMM backend this CPU runs, and of a 2048³ product.
+    Gemm {
+        /// Preset whose shapes to measure.
+        #[arg(long, default_value = "embedded")]
+        preset: String,
+        /// Vocabulary size (PTB: 10000).
+        #[arg(long, default_value_t = 10_000)]
+        vocab: usize,
         /// Worker threads [default: all cores].
         #[arg(long)]
         threads: Option<usize>,
@@ -96,26 +112,79 @@ pub fn macs_per_token(dims: Dims) -> f64 {
     dims.vocab as f64 * d + dims.layers as f64 * 4.0 * d * (d + d)
 }
 
-/// GFLOP/s of a `n³` product through [`FastGemm`].
+/// GFLOP/s of a `n³` product through [`FastGemm`] (best of a few short runs).
 pub fn gemm_peak(n: usize) -> f64 {
+    (0..3).map(|_| gemm_gflops(FastGemm::all_threads(), n, n, n, false, false, 0.3)).fold(0.0, f64::max)
+}
+
+/// GFLOP/s of `C (m×n) = A (m×k) · B (k×n)`, each operand read from transposed storage when
+/// asked, repeated for at least `min_s` seconds after a warm-up.
+fn gemm_gflops(gemm: FastGemm, m: usize, n: usize, k: usize, ta: bool, tb: bool, min_s: f64) -> f64 {
     let mut rng = Rng::new(1);
-    let a: Vec<f32> = (0..n * n).map(|_| rng.normal()).collect();
-    let b: Vec<f32> = (0..n * n).map(|_| rng.normal()).collect();
-    let mut c = vec![0.0f32; n * n];
-    let gemm = FastGemm::all_threads();
-    gemm.gemm(1.0, Mat::new(&a, n, n), Mat::new(&b, n, n), 0.0, &mut c); // warm-up
-    let reps = 3;
+    let a: Vec<f32> = (0..m * k).map(|_| rng.normal()).collect();
+    let b: Vec<f32> = (0..k * n).map(|_| rng.normal()).collect();
+    let mut c = vec![0.0f32; m * n];
+    let am = if ta { Mat::new(&a, k, m).t() } else { Mat::new(&a, m, k) };
+    let bm = if tb { Mat::new(&b, n, k).t() } else { Mat::new(&b, k, n) };
+    gemm.gemm(1.0, am, bm, 0.0, &mut c); // warm-up
     let t = Instant::now();
-    for _ in 0..reps {
-        gemm.gemm(1.0, Mat::new(&a, n, n), Mat::new(&b, n, n), 0.0, &mut c);
+    let mut reps = 0;
+    while reps == 0 || t.elapsed().as_secs_f64() < min_s {
+        gemm.gemm(1.0, am, bm, 1.0, &mut c);
+        reps += 1;
     }
-    2.0 * (n as f64).powi(3) * reps as f64 / t.elapsed().as_secs_f64() / 1e9
+    2.0 * (m * n * k) as f64 * reps as f64 / t.elapsed().as_secs_f64() / 1e9
+}
+
+fn bench_gemm(preset: &str, vocab: usize) -> Result<(), String> {
+    let cfg = Config::preset(preset).map_err(|e| e.to_string())?;
+    let (rows, n, d, g) = (cfg.batch * cfg.time, cfg.batch, cfg.dim, 4 * cfg.dim);
+    // (name, m, n, k, A transposed, B transposed): the products of one training step.
+    let shapes = [
+        ("logits  h·Eᵀ", rows, vocab, d, false, true),
+        ("out dE  dYᵀ·h", vocab, d, rows, true, false),
+        ("out dh  dY·E", rows, d, vocab, false, false),
+        ("lstm x·Wx", rows, g, d, false, false),
+        ("lstm h·Wh (step)", n, g, d, false, false),
+        ("lstm da·Whᵀ (step)", n, d, g, false, true),
+        ("lstm dWx xᵀ·dA", d, g, rows, true, false),
+        ("lstm dx dA·Wxᵀ", rows, d, g, false, true),
+        ("square 2048³", 2048, 2048, 2048, false, false),
+    ];
+    let base = FastGemm::all_threads();
+    let backends: Vec<FastGemm> =
+        [Backend::Avx512, Backend::Nalgebra].into_iter().filter_map(|b| base.with_backend(b)).collect();
+    outln!(
+        "preset {preset}: GFLOP/s per product (best of 5 interleaved runs), threads={}",
+        rayon::current_num_threads()
+    )?;
+    let header: Vec<String> = backends.iter().map(|g| format!("{:>22}", g.backend().name())).collect();
+    outln!("{:<22} {:>18} {}", "product", "m × n × k", header.join(""))?;
+    for (name, m, nn, k, ta, tb) in shapes {
+        // The backends take turns, and each keeps its best of several short runs: on a shared
+        // machine, noise only ever slows a run down.
+        let mut best = vec![0.0f64; backends.len()];
+        for _ in 0..5 {
+            for (b, &g) in best.iter_mut().zip(&backends) {
+                *b = b.max(gemm_gflops(g, m, nn, k, ta, tb, 0.1));
+            }
+        }
+        let cells: Vec<String> = best.iter().map(|v| format!("{v:>22.1}")).collect();
+        outln!("{name:<22} {:>18} {}", format!("{m}×{nn}×{k}"), cells.join(""))?;
+    }
+    Ok(())
 }
 
 pub fn run(cmd: BenchCommand) -> Result<(), String> {
     match cmd {
         BenchCommand::Predict { model, checkpoint, tokens } => bench_predict(&model, checkpoint.as_ref(), tokens),
-        BenchCommand::Train { preset, vocab, iters, threads } => {
+        BenchCommand::Gemm { preset, vocab, threads } => {
+            if let Some(n) = threads {
+                rayon::ThreadPoolBuilder::new().num_threads(n).build_global().map_err(|e| e.to_string())?;
+            }
+            bench_gemm(&preset, vocab)
+        }
+        BenchCommand::Train { preset, vocab, iters, threads, profile } => {
             if let Some(n) = threads {
                 rayon::ThreadPoolBuilder::new().num_threads(n).build_global().map_err(|e| e.to_string())?;
             }
@@ -137,6 +206,9 @@ pub fn run(cmd: BenchCommand) -> Result<(), String> {
                 Ok(())
             };
             step(&mut ws, &mut params, &mut rng)?;
+            if profile {
+                ws.enable_profile();
+            }
             let t = Instant::now();
             for _ in 0..iters {
                 step(&mut ws, &mut params, &mut rng)?;
@@ -174,6 +246,13 @@ pub fn run(cmd: BenchCommand) -> Result<(), String> {
                 "eval:  {eval_tps:10.0} tokens/s  {eval_gflops:7.1} GFLOP/s  ({:.0}% of the GEMM peak)",
                 100.0 * eval_gflops / peak
             )?;
+            if let Some(p) = ws.profile() {
+                let total: f64 = p.seconds.iter().sum();
+                outln!("training step, {} steps: {:.2} ms per step", p.steps, 1e3 * total / p.steps as f64)?;
+                for (name, s) in trainer::model::STEP_PHASES.iter().zip(p.seconds) {
+                    outln!("  {name:<32} {:7.2} ms  {:5.1}%", 1e3 * s / p.steps as f64, 100.0 * s / total)?;
+                }
+            }
             Ok(())
         }
     }

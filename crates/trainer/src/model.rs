@@ -5,7 +5,7 @@
 //! [`Layout`] names its parts. Every equation is `lstm-core`'s; this module only owns buffers
 //! and the order of calls.
 
-use crate::gemm::FastGemm;
+use crate::gemm::{FastGemm, PreparedB};
 use lstm_core::dropout::Dropout;
 use lstm_core::embedding::{embedding_backward, embedding_forward};
 use lstm_core::softmax::{cross_entropy_sum_biased, softmax_cross_entropy_biased};
@@ -13,6 +13,7 @@ use lstm_core::{Gemm, Lstm, LstmGrads, LstmWeights, Mat, Rng};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use std::ops::Range;
+use std::time::Instant;
 
 /// Shape of the model.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -89,14 +90,41 @@ pub struct Workspace {
     logits: Vec<f32>,
     grad_a: Vec<f32>,
     grad_b: Vec<f32>,
-    /// Per-softmax-block output-bias gradients, summed in order.
+    /// Per-block output-bias gradients, summed in order.
     bias_partials: Vec<f32>,
+    /// `Eᵀ` and `E` prepared for the row-block products of the output layer.
+    tied_t: PreparedB,
+    tied: PreparedB,
     /// Gradient, same layout as the parameters.
     pub grads: Vec<f32>,
+    /// Time per phase of [`Workspace::train_step`], when enabled.
+    profile: Option<StepProfile>,
 }
 
-/// Rows per parallel softmax block.
-const SOFTMAX_BLOCK: usize = 16;
+/// Names of the phases of a training step, in order (see [`StepProfile`]).
+pub const STEP_PHASES: [&str; 6] = [
+    "embedding + LSTM forward",
+    "prepare E and Eᵀ",
+    "output: scores, softmax, dY·E",
+    "output: dE += dYᵀ·h",
+    "LSTM backward",
+    "embedding backward",
+];
+
+/// Wall time spent in each of [`STEP_PHASES`], summed over `steps` training steps: where a
+/// step's time goes, for `host bench train --profile`.
+#[derive(Debug, Default, Clone)]
+pub struct StepProfile {
+    /// Seconds per phase.
+    pub seconds: [f64; STEP_PHASES.len()],
+    /// Training steps measured.
+    pub steps: usize,
+}
+
+/// Rows per block of the fused output layer: each block's scores (`40 × V` floats, 1.6 MB for
+/// PTB) are computed, turned into softmax gradients and multiplied back by `E` while they are
+/// still in the core's cache, instead of making three trips through memory.
+const OUTPUT_BLOCK: usize = 40;
 
 impl Workspace {
     /// Buffers for `batch × time` positions of a model with `layout`.
@@ -121,7 +149,29 @@ impl Workspace {
             grad_a: vec![0.0; rows * dim],
             grad_b: vec![0.0; rows * dim],
             bias_partials: Vec::new(),
+            tied_t: PreparedB::default(),
+            tied: PreparedB::default(),
             grads: vec![0.0; layout.total],
+            profile: None,
+        }
+    }
+
+    /// Starts timing the phases of every training step (see [`StepProfile`]).
+    pub fn enable_profile(&mut self) {
+        self.profile = Some(StepProfile::default());
+    }
+
+    /// The phase times so far, if enabled.
+    pub fn profile(&self) -> Option<&StepProfile> {
+        self.profile.as_ref()
+    }
+
+    /// Adds the time since `*since` to `phase` and restarts the clock (when profiling).
+    fn lap(&mut self, since: &mut Option<Instant>, phase: usize) {
+        if let (Some(p), Some(t)) = (&mut self.profile, since.as_mut()) {
+            let now = Instant::now();
+            p.seconds[phase] += (now - *t).as_secs_f64();
+            *t = now;
         }
     }
 
@@ -161,10 +211,9 @@ impl Workspace {
         Ok(())
     }
 
-    /// Forward to the output scores `h·Eᵀ`, **without** the output bias: the softmax adds it in
-    /// the same pass over each row (see `lstm_core::softmax::softmax_cross_entropy_biased`).
+    /// Forward through the LSTM layers to the input of the output layer (`inputs[L]`).
     /// `ids` is `time × batch`, time-major.
-    fn forward(
+    fn forward_hidden(
         &mut self,
         params: &[f32],
         ids: &[u32],
@@ -182,6 +231,21 @@ impl Workspace {
             above[0].copy_from_slice(self.layers[l].output());
             dropout.forward(&mut above[0], &mut self.masks[l + 1], rng, train);
         }
+        Ok(())
+    }
+
+    /// Forward to all output scores `h·Eᵀ`, **without** the output bias: the softmax adds it in
+    /// the same pass over each row (see `lstm_core::softmax::softmax_cross_entropy_biased`).
+    fn forward(
+        &mut self,
+        params: &[f32],
+        ids: &[u32],
+        dropout: Dropout,
+        rng: &mut Rng,
+        train: bool,
+    ) -> Result<(), lstm_core::Error> {
+        self.forward_hidden(params, ids, dropout, rng, train)?;
+        let d = self.layout.dims.dim;
         let tied = Mat::new(&params[self.layout.embedding.clone()], self.layout.dims.vocab, d).t();
         let top = &self.inputs[self.layers.len()];
         self.gemm.gemm(1.0, Mat::new(top, self.batch * self.time, d), tied, 0.0, &mut self.logits);
@@ -198,23 +262,40 @@ impl Workspace {
         dropout: Dropout,
         rng: &mut Rng,
     ) -> Result<f32, lstm_core::Error> {
-        self.forward(params, ids, dropout, rng, true)?;
+        let mut clock = self.profile.is_some().then(Instant::now);
+        self.forward_hidden(params, ids, dropout, rng, true)?;
+        self.lap(&mut clock, 0);
         let (v, d) = (self.layout.dims.vocab, self.layout.dims.dim);
         let rows = targets.len();
         let scale = 1.0 / rows as f32;
         let bias = &params[self.layout.out_bias.clone()];
-        // Each block of rows accumulates its own bias gradient; they are summed in block order,
-        // so the result does not depend on scheduling.
-        let blocks = rows.div_ceil(SOFTMAX_BLOCK);
+        let emb = Mat::new(&params[self.layout.embedding.clone()], v, d);
+        self.gemm.prepare(emb.t(), &mut self.tied_t);
+        self.gemm.prepare(emb, &mut self.tied);
+        self.lap(&mut clock, 1);
+        // Each block of rows: scores, softmax cross-entropy and its gradient dY in place, then
+        // dh = dY·E, all on one thread while the block is in cache. Each block accumulates its
+        // own bias gradient; they are summed in block order, so nothing depends on scheduling.
+        let blocks = rows.div_ceil(OUTPUT_BLOCK);
         self.bias_partials.resize(blocks * v, 0.0);
         self.bias_partials.fill(0.0);
+        let (gemm, tied_t, tied) = (self.gemm, &self.tied_t, &self.tied);
         let sums: Vec<Result<f64, lstm_core::Error>> = self
             .logits
-            .par_chunks_mut(v * SOFTMAX_BLOCK)
-            .zip(targets.par_chunks(SOFTMAX_BLOCK))
+            .par_chunks_mut(v * OUTPUT_BLOCK)
+            .zip(targets.par_chunks(OUTPUT_BLOCK))
             .zip(self.bias_partials.par_chunks_mut(v))
-            .map(|((block, t), db)| softmax_cross_entropy_biased(block, bias, t, scale, db))
+            .zip(self.inputs[self.layers.len()].par_chunks(d * OUTPUT_BLOCK))
+            .zip(self.grad_a.par_chunks_mut(d * OUTPUT_BLOCK))
+            .map(|((((block, t), db), h), dh)| {
+                let n = t.len();
+                gemm.gemm_prepared(1.0, Mat::new(h, n, d), emb.t(), tied_t, 0.0, block);
+                let loss = softmax_cross_entropy_biased(block, bias, t, scale, db)?;
+                gemm.gemm_prepared(1.0, Mat::new(block, n, v), emb, tied, 0.0, dh);
+                Ok(loss)
+            })
             .collect();
+        self.lap(&mut clock, 2);
         let mut total = 0.0f64;
         for s in sums {
             total += s?;
@@ -224,13 +305,12 @@ impl Workspace {
         for partial in self.bias_partials.chunks_exact(v) {
             g_out.iter_mut().zip(partial).for_each(|(g, p)| *g += p);
         }
-        // Tied output layer: dE += dYᵀ·h (the output use of the embedding), dh = dY·E.
+        // Tied output layer: dE += dYᵀ·h (the output use of the embedding).
         let g_emb = &mut g_emb_and_lstm[self.layout.embedding.clone()];
-        let emb = Mat::new(&params[self.layout.embedding.clone()], v, d);
         let top = Mat::new(&self.inputs[self.layers.len()], rows, d);
         let dy = Mat::new(&self.logits, rows, v);
         self.gemm.gemm(1.0, dy.t(), top, 1.0, g_emb);
-        self.gemm.gemm(1.0, dy, emb, 0.0, &mut self.grad_a);
+        self.lap(&mut clock, 3);
         for l in (0..self.layers.len()).rev() {
             dropout.backward(&mut self.grad_a, &self.masks[l + 1]);
             let w = self.layout.lstm_weights(params, l);
@@ -241,22 +321,34 @@ impl Workspace {
             self.layers[l].backward(&self.gemm, &w, &self.inputs[l], &self.grad_a, &mut grads, &mut self.grad_b)?;
             std::mem::swap(&mut self.grad_a, &mut self.grad_b);
         }
+        self.lap(&mut clock, 4);
         dropout.backward(&mut self.grad_a, &self.masks[0]);
         embedding_backward(&mut self.grads[self.layout.embedding.clone()], d, ids, &self.grad_a)?;
+        self.lap(&mut clock, 5);
+        if let Some(p) = &mut self.profile {
+            p.steps += 1;
+        }
         Ok((total / targets.len() as f64) as f32)
     }
 
     /// Evaluation forward (no dropout, state carried): the **sum** of negative log-likelihoods.
     pub fn eval_step(&mut self, params: &[f32], ids: &[u32], targets: &[u32]) -> Result<f64, lstm_core::Error> {
         let mut unused = Rng::new(0);
-        self.forward(params, ids, Dropout { p: 0.0 }, &mut unused, false)?;
-        let v = self.layout.dims.vocab;
+        self.forward_hidden(params, ids, Dropout { p: 0.0 }, &mut unused, false)?;
+        let (v, d) = (self.layout.dims.vocab, self.layout.dims.dim);
         let bias = &params[self.layout.out_bias.clone()];
+        let emb = Mat::new(&params[self.layout.embedding.clone()], v, d);
+        self.gemm.prepare(emb.t(), &mut self.tied_t);
+        let (gemm, tied_t) = (self.gemm, &self.tied_t);
         let sums: Vec<Result<f64, lstm_core::Error>> = self
             .logits
-            .par_chunks(v * SOFTMAX_BLOCK)
-            .zip(targets.par_chunks(SOFTMAX_BLOCK))
-            .map(|(block, t)| cross_entropy_sum_biased(block, bias, t))
+            .par_chunks_mut(v * OUTPUT_BLOCK)
+            .zip(targets.par_chunks(OUTPUT_BLOCK))
+            .zip(self.inputs[self.layers.len()].par_chunks(d * OUTPUT_BLOCK))
+            .map(|((block, t), h)| {
+                gemm.gemm_prepared(1.0, Mat::new(h, t.len(), d), emb.t(), tied_t, 0.0, block);
+                cross_entropy_sum_biased(block, bias, t)
+            })
             .collect();
         sums.into_iter().sum()
     }

@@ -8,15 +8,25 @@ use trainer::model::{Dims, Layout, Workspace, init_params};
 
 #[test]
 fn whole_model_gradient_matches_finite_differences() {
-    let dims = Dims { vocab: 11, dim: 6, layers: 2 };
+    check_gradient(Dims { vocab: 11, dim: 6, layers: 2 }, 3, 4);
+}
+
+/// 45 positions: the fused output layer's row blocks (40 rows) end inside the batch, and 37
+/// words leave a partial column panel in every product with `V`.
+#[test]
+fn gradient_across_output_blocks_matches_finite_differences() {
+    check_gradient(Dims { vocab: 37, dim: 8, layers: 2 }, 5, 9);
+}
+
+fn check_gradient(dims: Dims, batch: usize, time: usize) {
+    let vocab = dims.vocab as u32;
     let layout = Layout::new(dims);
-    let (batch, time) = (3, 4);
     let mut rng = Rng::new(3);
     let mut params = init_params(&layout, &mut rng);
     // Larger than the real initialisation so every path carries a visible gradient.
     params.iter_mut().for_each(|p| *p += rng.normal() * 0.3);
-    let ids: Vec<u32> = (0..batch * time).map(|k| (k * 7 % 9) as u32).collect();
-    let targets: Vec<u32> = (0..batch * time).map(|k| ((k * 5 + 2) % 11) as u32).collect();
+    let ids: Vec<u32> = (0..batch * time).map(|k| (k as u32 * 7) % (vocab - 2)).collect();
+    let targets: Vec<u32> = (0..batch * time).map(|k| (k as u32 * 5 + 2) % vocab).collect();
     let dropout = Dropout { p: 0.25 };
     let mut ws = Workspace::new(&layout, batch, time, FastGemm::new(2));
     let mut loss_at = |p: &[f32]| {
@@ -50,4 +60,29 @@ fn whole_model_gradient_matches_finite_differences() {
         }
     }
     assert!(worst < 1e-3, "worst relative error {worst}");
+}
+
+/// The fused output layer and the threaded GEMM split work differently with 1 and 3 threads,
+/// but every number is computed in the same order: the gradient must be bit-identical.
+#[test]
+fn gradient_does_not_depend_on_the_thread_count() {
+    // Big enough that the output products are split between threads too.
+    let dims = Dims { vocab: 403, dim: 64, layers: 2 };
+    let layout = Layout::new(dims);
+    let (batch, time) = (10, 21);
+    let params = init_params(&layout, &mut Rng::new(5));
+    let ids: Vec<u32> = (0..batch * time).map(|k| (k as u32 * 11) % 403).collect();
+    let targets: Vec<u32> = (0..batch * time).map(|k| (k as u32 * 3 + 1) % 403).collect();
+    let grads_with = |threads: usize| {
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+        pool.install(|| {
+            let mut ws = Workspace::new(&layout, batch, time, FastGemm::new(threads));
+            let loss = ws.train_step(&params, &ids, &targets, Dropout { p: 0.3 }, &mut Rng::new(8)).unwrap();
+            (loss, ws.grads.clone())
+        })
+    };
+    let (loss1, g1) = grads_with(1);
+    let (loss3, g3) = grads_with(3);
+    assert_eq!(loss1.to_bits(), loss3.to_bits());
+    assert!(g1.iter().zip(&g3).all(|(a, b)| a.to_bits() == b.to_bits()), "gradients differ between 1 and 3 threads");
 }

@@ -1,0 +1,282 @@
+//! The host's fast GEMM, with the output split across the rayon pool.
+//!
+//! Two backends: on CPUs with AVX-512F, a cache-blocked GEMM around our own 512-bit
+//! micro-kernel ([`packed`], [`avx512`]); elsewhere nalgebra's f32 product (the 256-bit packed
+//! kernels of `matrixmultiply`). Each output element is computed entirely by one thread in the
+//! same order whatever the split, so results do not depend on the thread count: training stays
+//! bit-reproducible on a given machine.
+
+#[cfg(target_arch = "x86_64")]
+mod avx512;
+#[cfg(target_arch = "x86_64")]
+mod packed;
+
+use lstm_core::gemm::{Gemm, Mat, check_gemm_shapes};
+use nalgebra::{DMatrixView, DMatrixViewMut, Dyn};
+
+/// Below this many multiply-adds a product is not worth splitting.
+const MIN_PARALLEL_WORK: usize = 1 << 22;
+/// nalgebra hands a product to `matrixmultiply` only when every dimension exceeds 5; its own
+/// small-matrix loop mis-indexes strided (transposed) views, so those go to the reference
+/// kernel instead, and splits never produce a piece this small.
+const SMALL_DIM: usize = 5;
+
+/// Which kernel computes the products.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// Our cache-blocked GEMM with the AVX-512 micro-kernel.
+    Avx512,
+    /// nalgebra → `matrixmultiply` (256-bit kernels), available everywhere.
+    Nalgebra,
+}
+
+impl Backend {
+    /// The fastest backend this CPU runs.
+    pub fn best() -> Backend {
+        #[cfg(target_arch = "x86_64")]
+        if avx512::Avx512::detect().is_some() && std::env::var("NOAVX").is_err() {
+            return Backend::Avx512;
+        }
+        Backend::Nalgebra
+    }
+
+    /// Short name for reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Avx512 => "avx512 (own kernel)",
+            Backend::Nalgebra => "matrixmultiply",
+        }
+    }
+}
+
+/// Threaded GEMM using up to `threads` rayon workers and the best backend of this CPU.
+#[derive(Debug, Clone, Copy)]
+pub struct FastGemm {
+    threads: usize,
+    backend: Backend,
+}
+
+impl FastGemm {
+    /// A GEMM using up to `threads` threads of the current rayon pool.
+    pub fn new(threads: usize) -> FastGemm {
+        FastGemm { threads: threads.max(1), backend: Backend::best() }
+    }
+
+    /// A GEMM using every thread of the current rayon pool.
+    pub fn all_threads() -> FastGemm {
+        FastGemm::new(rayon::current_num_threads())
+    }
+
+    /// The same GEMM on `backend`, or `None` when this CPU cannot run it.
+    pub fn with_backend(self, backend: Backend) -> Option<FastGemm> {
+        match backend {
+            Backend::Nalgebra => Some(FastGemm { backend, ..self }),
+            Backend::Avx512 => (Backend::best() == Backend::Avx512).then_some(FastGemm { backend, ..self }),
+        }
+    }
+
+    /// The backend in use.
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// Prepares `b` for many single-threaded products [`FastGemm::gemm_prepared`] (packs it
+    /// once on the AVX-512 backend; nothing to do on the others).
+    pub fn prepare(&self, b: Mat<'_>, out: &mut PreparedB) {
+        #[cfg(target_arch = "x86_64")]
+        if self.backend == Backend::Avx512 {
+            out.packed.pack(&strided(&b));
+        }
+        out.shape = (b.rows(), b.cols());
+    }
+
+    /// `C ← alpha·A·B + beta·C` on the calling thread, with `prepared` made from this same `b`
+    /// by [`FastGemm::prepare`]: for callers that parallelise over blocks themselves.
+    ///
+    /// # Panics
+    /// If the shapes differ, or `prepared` was made from a matrix of another shape.
+    pub fn gemm_prepared(&self, alpha: f32, a: Mat<'_>, b: Mat<'_>, prepared: &PreparedB, beta: f32, c: &mut [f32]) {
+        check_gemm_shapes(&a, &b, c.len());
+        assert_eq!(prepared.shape, (b.rows(), b.cols()), "gemm: prepared operand has another shape");
+        #[cfg(target_arch = "x86_64")]
+        if self.backend == Backend::Avx512 {
+            let kernel = avx512::Avx512::detect().expect("Backend::Avx512 is only chosen on AVX-512 CPUs");
+            packed::gemm_prepacked(kernel, alpha, strided(&a), &prepared.packed, beta, c);
+            return;
+        }
+        FastGemm { threads: 1, ..*self }.gemm(alpha, a, b, beta, c);
+    }
+}
+
+/// An operand prepared once by [`FastGemm::prepare`] for many products.
+#[derive(Debug, Default)]
+pub struct PreparedB {
+    #[cfg(target_arch = "x86_64")]
+    packed: packed::PackedB,
+    shape: (usize, usize),
+}
+
+type View<'a> = DMatrixView<'a, f32, Dyn, Dyn>;
+type ViewMut<'a> = DMatrixViewMut<'a, f32, Dyn, Dyn>;
+
+/// nalgebra view of a row-major matrix (strides: one row down = `cols`, one column right = 1).
+fn view<'a>(m: &Mat<'a>) -> View<'a> {
+    let (rs, cs) = if m.is_transposed() { (1, m.rows()) } else { (m.cols(), 1) };
+    DMatrixView::from_slice_with_strides(m.data(), m.rows(), m.cols(), rs, cs)
+}
+
+fn split_gemm(alpha: f32, a: View<'_>, b: View<'_>, beta: f32, mut c: ViewMut<'_>, threads: usize) {
+    let (m, n, k) = (a.nrows(), b.ncols(), a.ncols());
+    let splittable =
+        |len: usize| len * (threads / 2) / threads > SMALL_DIM && len - len * (threads / 2) / threads > SMALL_DIM;
+    if threads <= 1 || m * n * k < MIN_PARALLEL_WORK || !(splittable(m) || splittable(n)) {
+        c.gemm(alpha, &a, &b, beta);
+        return;
+    }
+    let (t1, t2) = (threads / 2, threads - threads / 2);
+    // Measured (crates/trainer: `host bench train`, shapes of the presets): with a short inner
+    // dimension the row split wins (for h·Eᵀ, 700×10000×64, by ~30%: each half packs its own
+    // rows of A and streams B once), otherwise splitting the larger side does.
+    let rows_first = m >= 128 && k <= 256;
+    if splittable(m) && (rows_first || m >= n || !splittable(n)) {
+        let mid = m * t1 / threads;
+        let (c1, c2) = c.rows_range_pair_mut(0..mid, mid..);
+        let (a1, a2) = (a.rows_range(0..mid), a.rows_range(mid..));
+        rayon::join(|| split_gemm(alpha, a1, b, beta, c1, t1), || split_gemm(alpha, a2, b, beta, c2, t2));
+    } else {
+        let mid = n * t1 / threads;
+        let (c1, c2) = c.columns_range_pair_mut(0..mid, mid..);
+        let (b1, b2) = (b.columns_range(0..mid), b.columns_range(mid..));
+        rayon::join(|| split_gemm(alpha, a, b1, beta, c1, t1), || split_gemm(alpha, a, b2, beta, c2, t2));
+    }
+}
+
+/// Splits the rows of `C` (at a multiple of the tile height) across `threads` rayon workers,
+/// each running the packed single-thread GEMM.
+#[cfg(target_arch = "x86_64")]
+fn split_packed(
+    kernel: avx512::Avx512,
+    alpha: f32,
+    a: packed::Strided<'_>,
+    b: packed::Strided<'_>,
+    beta: f32,
+    c: &mut [f32],
+    threads: usize,
+) {
+    let (m, n, k) = (a.rows, b.cols, a.cols);
+    let panels = m.div_ceil(avx512::MR);
+    if threads <= 1 || panels < 2 || m * n * k < MIN_PARALLEL_WORK {
+        packed::gemm(kernel, alpha, a, b, beta, c);
+        return;
+    }
+    let (t1, t2) = (threads / 2, threads - threads / 2);
+    let mid = (panels * t1 / threads).max(1) * avx512::MR;
+    let (c1, c2) = c.split_at_mut(mid * n);
+    let (a1, a2) = (a.rows_range(0..mid), a.rows_range(mid..m));
+    rayon::join(
+        || split_packed(kernel, alpha, a1, b, beta, c1, t1),
+        || split_packed(kernel, alpha, a2, b, beta, c2, t2),
+    );
+}
+
+#[cfg(target_arch = "x86_64")]
+fn strided<'a>(m: &Mat<'a>) -> packed::Strided<'a> {
+    let (rs, cs) = if m.is_transposed() { (1, m.rows()) } else { (m.cols(), 1) };
+    packed::Strided { data: m.data(), rows: m.rows(), cols: m.cols(), rs, cs }
+}
+
+impl Gemm for FastGemm {
+    fn gemm(&self, alpha: f32, a: Mat<'_>, b: Mat<'_>, beta: f32, c: &mut [f32]) {
+        check_gemm_shapes(&a, &b, c.len());
+        let (m, n) = (a.rows(), b.cols());
+        if m == 0 || n == 0 {
+            return;
+        }
+        #[cfg(target_arch = "x86_64")]
+        if self.backend == Backend::Avx512 {
+            let kernel = avx512::Avx512::detect().expect("Backend::Avx512 is only chosen on AVX-512 CPUs");
+            split_packed(kernel, alpha, strided(&a), strided(&b), beta, c, self.threads);
+            return;
+        }
+        if m <= SMALL_DIM || n <= SMALL_DIM || a.cols() <= SMALL_DIM {
+            lstm_core::NaiveGemm.gemm(alpha, a, b, beta, c);
+            return;
+        }
+        if beta == 0.0 {
+            // Never let NaN or garbage in C leak through 0·C.
+            c.fill(0.0);
+        }
+        let cv: ViewMut<'_> = DMatrixViewMut::from_slice_with_strides_mut(c, m, n, n, 1);
+        split_gemm(alpha, view(&a), view(&b), beta, cv, self.threads);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lstm_core::{NaiveGemm, Rng};
+
+    #[test]
+    fn matches_the_reference_for_every_transposition_and_split() {
+        let mut rng = Rng::new(9);
+        // Shapes straddling every tile and block edge of the packed backend (MR 10, NR 32,
+        // KC 256, MC 300, NC 2048) as well as the tiny ones.
+        let shapes = [
+            (1, 1, 1),
+            (3, 5, 7),
+            (70, 9, 64),
+            (64, 300, 65),
+            (257, 129, 33),
+            (20, 256, 64),
+            (311, 2081, 20),
+            (31, 33, 600),
+        ];
+        for backend in [Backend::Avx512, Backend::Nalgebra] {
+            let Some(fast) = FastGemm::new(1).with_backend(backend) else {
+                eprintln!("{backend:?} not available on this CPU: skipped");
+                continue;
+            };
+            let many_threads = FastGemm::new(4).with_backend(backend).expect("available");
+            for &(m, n, k) in &shapes {
+                let a: Vec<f32> = (0..m * k).map(|_| rng.normal()).collect();
+                let b: Vec<f32> = (0..k * n).map(|_| rng.normal()).collect();
+                let c0: Vec<f32> = (0..m * n).map(|_| rng.normal()).collect();
+                for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
+                    let am = if ta { Mat::new(&a, k, m).t() } else { Mat::new(&a, m, k) };
+                    let bm = if tb { Mat::new(&b, n, k).t() } else { Mat::new(&b, k, n) };
+                    let mut want = c0.clone();
+                    NaiveGemm.gemm(0.5, am, bm, 0.25, &mut want);
+                    let mut one = c0.clone();
+                    fast.gemm(0.5, am, bm, 0.25, &mut one);
+                    let mut many = c0.clone();
+                    many_threads.gemm(0.5, am, bm, 0.25, &mut many);
+                    let tol = 1e-5 * (k as f32).sqrt() * 8.0;
+                    for (w, o) in want.iter().zip(&one) {
+                        assert!(
+                            (w - o).abs() <= tol * (1.0 + w.abs()),
+                            "{backend:?} {m}x{n}x{k} {ta} {tb}: {w} vs {o}"
+                        );
+                    }
+                    assert_eq!(one, many, "{backend:?}: result depends on the thread split");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn beta_zero_ignores_nan_in_output() {
+        for backend in [Backend::Avx512, Backend::Nalgebra] {
+            let Some(fast) = FastGemm::new(2).with_backend(backend) else { continue };
+            let mut c = [f32::NAN; 4];
+            fast.gemm(1.0, Mat::new(&[1.0, 2.0], 2, 1), Mat::new(&[3.0, 4.0], 1, 2), 0.0, &mut c);
+            assert_eq!(c, [3.0, 4.0, 6.0, 8.0], "{backend:?}");
+            // A large product too (full tiles, several k-blocks).
+            let (m, n, k) = (40, 64, 300);
+            let a = vec![1.0f32; m * k];
+            let b = vec![0.5f32; k * n];
+            let mut big = vec![f32::NAN; m * n];
+            fast.gemm(1.0, Mat::new(&a, m, k), Mat::new(&b, k, n), 0.0, &mut big);
+            assert!(big.iter().all(|&v| v == 150.0), "{backend:?}");
+        }
+    }
+}

@@ -1,0 +1,334 @@
+//! Cache-blocked GEMM around the AVX-512 micro-kernel (the BLIS loop structure).
+//!
+//! `B` is packed `KC × NC` at a time into column panels of `NR` (kept in L2/L3, each panel hot
+//! in L1 while it meets every row panel), `A` `MC × KC` at a time into row panels of `MR`
+//! (kept in L2). An operand stored row-major along the direction the kernel walks is read in
+//! place instead (its full panels; only a partial last panel is packed): packing the 700 ×
+//! 10,000 softmax gradient, say, would cost as much memory traffic as the product itself.
+//! Partial panels are zero-padded; partial tiles of `C` go through a local tile
+//! and are finished with the kernel's own epilogue, so an element gets the same bits whether it
+//! sits in a full or a partial tile, which makes the result independent of how rows are split
+//! between threads.
+
+use super::avx512::{APanel, Avx512, BPanel, MR, NR};
+use std::cell::RefCell;
+use std::ops::Range;
+
+/// Steps of `k` per packed block (A panel 10 KiB + B panel 32 KiB fit the 48 KiB L1d).
+const KC: usize = 256;
+/// Rows of `A` per packed block (a multiple of `MR`; ~300 KiB, well inside L2).
+const MC: usize = 300;
+/// Columns of `B` per packed block (a multiple of `NR`; 2 MiB).
+const NC: usize = 2048;
+
+/// Operands used by at most this many panels of the other one are read in place (row-major).
+const IN_PLACE_MAX: usize = 2;
+
+/// A read-only matrix with arbitrary strides: element `(i, j)` is `data[i·rs + j·cs]`.
+#[derive(Debug, Clone, Copy)]
+pub struct Strided<'a> {
+    pub data: &'a [f32],
+    pub rows: usize,
+    pub cols: usize,
+    pub rs: usize,
+    pub cs: usize,
+}
+
+impl<'a> Strided<'a> {
+    /// Rows `range` of this matrix.
+    pub fn rows_range(self, range: Range<usize>) -> Strided<'a> {
+        let start = (range.start * self.rs).min(self.data.len());
+        Strided { data: &self.data[start..], rows: range.len(), ..self }
+    }
+}
+
+thread_local! {
+    /// Packing buffers, reused by every product on this thread (no allocation per call).
+    static PACKS: RefCell<(Vec<f32>, Vec<f32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
+}
+
+/// Packs `A[rows, ks]` into row panels: panel `q`, step `p`, row `r` at `(q·kb + p)·MR + r`.
+fn pack_a(a: &Strided<'_>, rows: Range<usize>, ks: Range<usize>, out: &mut [f32]) {
+    let kb = ks.len();
+    for (q, panel) in out.chunks_exact_mut(kb * MR).take(rows.len().div_ceil(MR)).enumerate() {
+        let i0 = rows.start + q * MR;
+        let live = MR.min(rows.end - i0);
+        if a.rs == 1 {
+            // Transposed storage: the panel's rows are contiguous for each p.
+            for (p, dst) in ks.clone().zip(panel.chunks_exact_mut(MR)) {
+                let at = i0 + p * a.cs;
+                if live == MR {
+                    // A fixed-size copy compiles to two vector moves instead of a memcpy call.
+                    let src: &[f32; MR] = a.data[at..at + MR].try_into().expect("MR floats");
+                    dst.copy_from_slice(src);
+                } else {
+                    dst[..live].copy_from_slice(&a.data[at..at + live]);
+                    dst[live..].fill(0.0);
+                }
+            }
+        } else {
+            for r in 0..MR {
+                if r < live {
+                    let row = &a.data[(i0 + r) * a.rs..];
+                    for (p, dst) in ks.clone().zip(panel[r..].iter_mut().step_by(MR)) {
+                        *dst = row[p * a.cs];
+                    }
+                } else {
+                    panel[r..].iter_mut().step_by(MR).for_each(|v| *v = 0.0);
+                }
+            }
+        }
+    }
+}
+
+/// Packs `B[ks, cols]` into column panels: panel `q`, step `p`, column `j` at `(q·kb + p)·NR + j`.
+fn pack_b(b: &Strided<'_>, ks: Range<usize>, cols: Range<usize>, out: &mut [f32]) {
+    let kb = ks.len();
+    for (q, panel) in out.chunks_exact_mut(kb * NR).take(cols.len().div_ceil(NR)).enumerate() {
+        let j0 = cols.start + q * NR;
+        let live = NR.min(cols.end - j0);
+        if b.cs == 1 {
+            for (p, dst) in ks.clone().zip(panel.chunks_exact_mut(NR)) {
+                let at = p * b.rs + j0;
+                if live == NR {
+                    let src: &[f32; NR] = b.data[at..at + NR].try_into().expect("NR floats");
+                    dst.copy_from_slice(src);
+                } else {
+                    dst[..live].copy_from_slice(&b.data[at..at + live]);
+                    dst[live..].fill(0.0);
+                }
+            }
+        } else {
+            for j in 0..NR {
+                if j < live {
+                    let col = &b.data[(j0 + j) * b.cs..];
+                    for (p, dst) in ks.clone().zip(panel[j..].iter_mut().step_by(NR)) {
+                        *dst = col[p * b.rs];
+                    }
+                } else {
+                    panel[j..].iter_mut().step_by(NR).for_each(|v| *v = 0.0);
+                }
+            }
+        }
+    }
+}
+
+/// `B` packed once for many products with different `A` (the tied embedding, used by every row
+/// block of the output layer): every `KC`-step block of rows, each as column panels.
+#[derive(Debug, Default)]
+pub struct PackedB {
+    data: Vec<f32>,
+    k: usize,
+    n: usize,
+}
+
+impl PackedB {
+    /// Packs `b` (reusing this buffer's allocation).
+    pub fn pack(&mut self, b: &Strided<'_>) {
+        let (k, n) = (b.rows, b.cols);
+        let padded = n.div_ceil(NR) * NR;
+        self.k = k;
+        self.n = n;
+        self.data.resize(k * padded, 0.0);
+        for pc in (0..k).step_by(KC) {
+            let ks = pc..k.min(pc + KC);
+            pack_b(b, ks.clone(), 0..n, &mut self.data[pc * padded..ks.end * padded]);
+        }
+    }
+
+    /// Shape `(k, n)` of the packed matrix.
+    pub fn shape(&self) -> (usize, usize) {
+        (self.k, self.n)
+    }
+
+    fn block(&self, ks: &Range<usize>) -> &[f32] {
+        let padded = self.n.div_ceil(NR) * NR;
+        &self.data[ks.start * padded..ks.end * padded]
+    }
+}
+
+/// Where the kernel finds one `kb`-step block of `A`'s row panels.
+#[derive(Clone, Copy)]
+enum ASrc<'a> {
+    /// Every panel packed, `kb·MR` floats each.
+    Packed(&'a [f32]),
+    /// Read in place from row-major `A` (rows from `i0`, steps from `pc`); a partial last
+    /// panel (`live` rows) is packed in `edge`.
+    InPlace { a: Strided<'a>, pc: usize, edge: &'a [f32] },
+}
+
+impl<'a> ASrc<'a> {
+    fn panel(self, q: usize, i0: usize, kb: usize, live: usize) -> APanel<'a> {
+        match self {
+            ASrc::Packed(p) => APanel::packed(&p[q * kb * MR..(q + 1) * kb * MR]),
+            ASrc::InPlace { edge, .. } if live < MR => APanel::packed(&edge[..kb * MR]),
+            ASrc::InPlace { a, pc, .. } => APanel { data: &a.data[i0 * a.rs + pc..], rs: a.rs, cs: 1 },
+        }
+    }
+}
+
+/// Where the kernel finds one `kb`-step block of `B`'s column panels.
+#[derive(Clone, Copy)]
+enum BSrc<'a> {
+    /// Every panel packed, `kb·NR` floats each.
+    Packed(&'a [f32]),
+    /// Read in place from row-major `B` (steps from `pc`); a partial last panel is packed in `edge`.
+    InPlace { b: Strided<'a>, pc: usize, edge: &'a [f32] },
+}
+
+impl<'a> BSrc<'a> {
+    fn panel(self, q: usize, j0: usize, kb: usize, live: usize) -> BPanel<'a> {
+        match self {
+            BSrc::Packed(p) => BPanel::packed(&p[q * kb * NR..(q + 1) * kb * NR]),
+            BSrc::InPlace { edge, .. } if live < NR => BPanel::packed(&edge[..kb * NR]),
+            BSrc::InPlace { b, pc, .. } => BPanel { data: &b.data[pc * b.rs + j0..], ld: b.rs },
+        }
+    }
+}
+
+/// Rows `rows` × columns `cols` of `C` for one `kb`-step block; `c` is row-major with `ldc`
+/// columns, indexed from the sub-problem's origin.
+#[allow(clippy::too_many_arguments)]
+fn macro_kernel(
+    kernel: Avx512,
+    kb: usize,
+    alpha: f32,
+    a: ASrc<'_>,
+    rows: Range<usize>,
+    b: BSrc<'_>,
+    cols: Range<usize>,
+    beta: f32,
+    c: &mut [f32],
+    ldc: usize,
+) {
+    for qb in 0..cols.len().div_ceil(NR) {
+        let j0 = cols.start + qb * NR;
+        let nr = NR.min(cols.end - j0);
+        let bpanel = b.panel(qb, j0, kb, nr);
+        for qa in 0..rows.len().div_ceil(MR) {
+            let i0 = rows.start + qa * MR;
+            let mr = MR.min(rows.end - i0);
+            let apanel = a.panel(qa, i0, kb, mr);
+            let at = i0 * ldc + j0;
+            if mr == MR && nr == NR {
+                kernel.tile(kb, alpha, apanel, bpanel, beta, &mut c[at..], ldc);
+            } else {
+                edge_tile(kernel, kb, alpha, apanel, bpanel, beta, &mut c[at..], ldc, mr, nr);
+            }
+        }
+    }
+}
+
+/// `C = beta·C` for an empty inner dimension (`beta == 0` overwrites).
+fn scale_only(beta: f32, c: &mut [f32]) {
+    c.iter_mut().for_each(|v| *v = if beta == 0.0 { 0.0 } else { *v * beta });
+}
+
+/// The source of `A[rows, ks]` for a product with `n` columns: in place when `A` is row-major
+/// and each panel meets at most two panels of `B` (the output layer's `dY·E`), packed into
+/// `apack` otherwise (reused often, a packed panel stays in L1 while rows a power-of-two
+/// stride apart would fight over the same cache sets).
+fn a_source<'a>(a: &Strided<'a>, rows: Range<usize>, ks: Range<usize>, n: usize, apack: &'a mut [f32]) -> ASrc<'a> {
+    if a.cs == 1 && n <= IN_PLACE_MAX * NR {
+        let full = rows.len() / MR * MR;
+        if full < rows.len() {
+            pack_a(a, rows.start + full..rows.end, ks.clone(), apack);
+        }
+        ASrc::InPlace { a: *a, pc: ks.start, edge: apack }
+    } else {
+        pack_a(a, rows, ks, apack);
+        ASrc::Packed(apack)
+    }
+}
+
+/// `C ← alpha·A·B + beta·C` on one thread; `c` is row-major with `b.cols` columns.
+/// With `beta == 0`, `C` is never read.
+pub fn gemm(kernel: Avx512, alpha: f32, a: Strided<'_>, b: Strided<'_>, beta: f32, c: &mut [f32]) {
+    let (m, n, k) = (a.rows, b.cols, a.cols);
+    debug_assert_eq!(k, b.rows);
+    debug_assert_eq!(c.len(), m * n);
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        return scale_only(beta, c);
+    }
+    PACKS.with_borrow_mut(|(apack, bpack)| {
+        apack.resize(MC * KC, 0.0);
+        bpack.resize(KC * NC, 0.0);
+        for jc in (0..n).step_by(NC) {
+            let cols = jc..n.min(jc + NC);
+            for pc in (0..k).step_by(KC) {
+                let ks = pc..k.min(pc + KC);
+                // In place for row-major B that meets few row panels (the LSTM's per-step products).
+                let bsrc = if b.cs == 1 && m <= IN_PLACE_MAX * MR {
+                    let full = cols.len() / NR * NR;
+                    if full < cols.len() {
+                        pack_b(&b, ks.clone(), cols.start + full..cols.end, bpack);
+                    }
+                    BSrc::InPlace { b, pc, edge: bpack }
+                } else {
+                    pack_b(&b, ks.clone(), cols.clone(), bpack);
+                    BSrc::Packed(bpack)
+                };
+                // Later k-blocks add to what the first one wrote.
+                let beta = if pc == 0 { beta } else { 1.0 };
+                for ic in (0..m).step_by(MC) {
+                    let rows = ic..m.min(ic + MC);
+                    let asrc = a_source(&a, rows.clone(), ks.clone(), n, apack);
+                    macro_kernel(kernel, ks.len(), alpha, asrc, rows, bsrc, cols.clone(), beta, c, n);
+                }
+            }
+        }
+    });
+}
+
+/// [`gemm`] with `B` already packed; the same bits as packing it on the fly.
+pub fn gemm_prepacked(kernel: Avx512, alpha: f32, a: Strided<'_>, b: &PackedB, beta: f32, c: &mut [f32]) {
+    let (m, (k, n)) = (a.rows, b.shape());
+    debug_assert_eq!(k, a.cols);
+    debug_assert_eq!(c.len(), m * n);
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        return scale_only(beta, c);
+    }
+    PACKS.with_borrow_mut(|(apack, _)| {
+        apack.resize(MC * KC, 0.0);
+        for pc in (0..k).step_by(KC) {
+            let ks = pc..k.min(pc + KC);
+            let beta = if pc == 0 { beta } else { 1.0 };
+            for ic in (0..m).step_by(MC) {
+                let rows = ic..m.min(ic + MC);
+                let asrc = a_source(&a, rows.clone(), ks.clone(), n, apack);
+                macro_kernel(kernel, ks.len(), alpha, asrc, rows, BSrc::Packed(b.block(&ks)), 0..n, beta, c, n);
+            }
+        }
+    });
+}
+
+/// A partial tile: the kernel writes a full local tile, and the live part is finished with the
+/// kernel's epilogue (`fma(C, beta, alpha·sum)`), bit for bit.
+#[allow(clippy::too_many_arguments)]
+fn edge_tile(
+    kernel: Avx512,
+    kb: usize,
+    alpha: f32,
+    apanel: APanel<'_>,
+    bpanel: BPanel<'_>,
+    beta: f32,
+    c: &mut [f32],
+    ldc: usize,
+    mr: usize,
+    nr: usize,
+) {
+    let mut tile = [0.0f32; MR * NR];
+    kernel.tile(kb, 1.0, apanel, bpanel, 0.0, &mut tile, NR);
+    for (r, sums) in tile.chunks_exact(NR).take(mr).enumerate() {
+        for (out, &sum) in c[r * ldc..r * ldc + nr].iter_mut().zip(sums) {
+            let scaled = sum * alpha;
+            *out = if beta == 0.0 { scaled } else { out.mul_add(beta, scaled) };
+        }
+    }
+}
