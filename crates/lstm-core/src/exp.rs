@@ -19,7 +19,10 @@ const MAX_X: f32 = 88.0;
 /// under f32's smallest normal number), about 1.65e38 above.
 #[inline(always)]
 pub fn exp(x_in: f32) -> f32 {
-    let x = x_in.clamp(MIN_X, MAX_X);
+    // Plain selects rather than `clamp` (whose NaN rules cost two extra instructions per lane
+    // on x86); a NaN passes through both and stays NaN.
+    let x = if x_in < MIN_X { MIN_X } else { x_in };
+    let x = if x > MAX_X { MAX_X } else { x };
     // n = round(x·log₂e): after adding ROUNDER the integer sits in the low mantissa bits, so
     // both the float n and the integer n come without a float-to-int conversion.
     let shifted = x * LOG2E + ROUNDER;
@@ -38,33 +41,132 @@ pub fn exp(x_in: f32) -> f32 {
     if x_in < MIN_X { 0.0 } else { y * scale }
 }
 
-/// Σ values in a fixed order that vectorises: 8 interleaved partial sums, then a fixed tree.
+/// The larger of two values as one select (`maxps` on x86): a NaN in `b` is ignored, like
+/// `f32::max`, while `f32::max` itself costs a NaN test per lane.
+#[inline(always)]
+fn larger(a: f32, b: f32) -> f32 {
+    if b > a { b } else { a }
+}
+
+/// Independent partial results per reduction: several vector registers of work in flight, so
+/// the passes run at the machine's throughput rather than at one add's latency.
+const LANES: usize = 16;
+
+/// The fixed reduction tree over the lanes.
+#[inline(always)]
+fn fold_lanes(l: &[f32; LANES]) -> f32 {
+    let mut half = [0.0f32; LANES / 2];
+    for (i, h) in half.iter_mut().enumerate() {
+        *h = l[i] + l[i + LANES / 2];
+    }
+    ((half[0] + half[4]) + (half[1] + half[5])) + ((half[2] + half[6]) + (half[3] + half[7]))
+}
+
+/// Σ values in a fixed order that vectorises: 16 interleaved partial sums, then a fixed tree,
+/// then the tail in order.
 #[inline]
 pub fn sum(values: &[f32]) -> f32 {
-    let mut lanes = [0.0f32; 8];
-    let chunks = values.chunks_exact(8);
-    let tail = chunks.remainder();
+    let (chunks, tail) = values.as_chunks::<LANES>();
+    let mut lanes = [0.0f32; LANES];
     for c in chunks {
         for (l, v) in lanes.iter_mut().zip(c) {
             *l += v;
         }
     }
-    let mut total = ((lanes[0] + lanes[4]) + (lanes[1] + lanes[5])) + ((lanes[2] + lanes[6]) + (lanes[3] + lanes[7]));
+    tail.iter().fold(fold_lanes(&lanes), |total, v| total + v)
+}
+
+/// `values[i] ← exp(values[i] − shift)` and their sum, in one pass; the sum is exactly
+/// [`sum`] of the new values.
+#[inline]
+pub fn exp_shifted_sum(values: &mut [f32], shift: f32) -> f32 {
+    let (chunks, tail) = values.as_chunks_mut::<LANES>();
+    let mut lanes = [0.0f32; LANES];
+    for c in chunks {
+        for (l, v) in lanes.iter_mut().zip(c) {
+            *v = exp(*v - shift);
+            *l += *v;
+        }
+    }
+    let mut total = fold_lanes(&lanes);
     for v in tail {
-        total += v;
+        *v = exp(*v - shift);
+        total += *v;
     }
     total
+}
+
+/// `Σ exp(values[i] − shift)` in the order of [`exp_shifted_sum`], without storing anything.
+#[inline]
+pub fn exp_sum(values: &[f32], shift: f32) -> f32 {
+    let (chunks, tail) = values.as_chunks::<LANES>();
+    let mut lanes = [0.0f32; LANES];
+    for c in chunks {
+        for (l, v) in lanes.iter_mut().zip(c) {
+            *l += exp(v - shift);
+        }
+    }
+    tail.iter().fold(fold_lanes(&lanes), |total, v| total + exp(v - shift))
+}
+
+/// `max(a[i] + b[i])` (over the common length) without storing the sums.
+#[inline]
+pub fn max_of_sums(a: &[f32], b: &[f32]) -> f32 {
+    let n = a.len().min(b.len());
+    let ((ca, ta), (cb, tb)) = (a[..n].as_chunks::<LANES>(), b[..n].as_chunks::<LANES>());
+    let mut lanes = [f32::NEG_INFINITY; LANES];
+    for (x, y) in ca.iter().zip(cb) {
+        for ((l, p), q) in lanes.iter_mut().zip(x).zip(y) {
+            *l = larger(*l, p + q);
+        }
+    }
+    let best = lanes.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    ta.iter().zip(tb).fold(best, |m, (p, q)| m.max(p + q))
+}
+
+/// `Σ exp(a[i] + b[i] − shift)` (over the common length) in the order of
+/// [`exp_shifted_sum`], without storing anything.
+#[inline]
+pub fn exp_sum_of_sums(a: &[f32], b: &[f32], shift: f32) -> f32 {
+    let n = a.len().min(b.len());
+    let ((ca, ta), (cb, tb)) = (a[..n].as_chunks::<LANES>(), b[..n].as_chunks::<LANES>());
+    let mut lanes = [0.0f32; LANES];
+    for (x, y) in ca.iter().zip(cb) {
+        for ((l, p), q) in lanes.iter_mut().zip(x).zip(y) {
+            *l += exp(p + q - shift);
+        }
+    }
+    ta.iter().zip(tb).fold(fold_lanes(&lanes), |total, (p, q)| total + exp(p + q - shift))
+}
+
+/// `values[i] += offsets[i]` (over the common length), returning the largest result, in one pass.
+#[inline]
+pub fn add_max(values: &mut [f32], offsets: &[f32]) -> f32 {
+    let n = values.len().min(offsets.len());
+    let ((cv, tv), (co, to)) = (values[..n].as_chunks_mut::<LANES>(), offsets[..n].as_chunks::<LANES>());
+    let mut lanes = [f32::NEG_INFINITY; LANES];
+    for (c, o) in cv.iter_mut().zip(co) {
+        for ((l, v), b) in lanes.iter_mut().zip(c).zip(o) {
+            *v += b;
+            *l = larger(*l, *v);
+        }
+    }
+    let mut best = lanes.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    for (v, b) in tv.iter_mut().zip(to) {
+        *v += b;
+        best = best.max(*v);
+    }
+    best
 }
 
 /// Largest value (−∞ for an empty slice); vectorises like [`sum`].
 #[inline]
 pub fn max(values: &[f32]) -> f32 {
-    let mut lanes = [f32::NEG_INFINITY; 8];
-    let chunks = values.chunks_exact(8);
-    let tail = chunks.remainder();
+    let (chunks, tail) = values.as_chunks::<LANES>();
+    let mut lanes = [f32::NEG_INFINITY; LANES];
     for c in chunks {
         for (l, v) in lanes.iter_mut().zip(c) {
-            *l = l.max(*v);
+            *l = larger(*l, *v);
         }
     }
     lanes.iter().chain(tail).copied().fold(f32::NEG_INFINITY, f32::max)
@@ -128,5 +230,26 @@ mod tests {
         assert_eq!(max(&v), v.iter().copied().fold(f32::NEG_INFINITY, f32::max));
         assert_eq!(max(&[]), f32::NEG_INFINITY);
         assert_eq!(sum(&[1.0, 2.0, 3.0]), 6.0);
+    }
+
+    #[test]
+    fn fused_passes_match_the_separate_ones() {
+        for len in [0usize, 5, 16, 37, 1000] {
+            let v: std::vec::Vec<f32> = (0..len).map(|i| ((i * 53 % 97) as f32 - 48.0) * 0.1).collect();
+            let b: std::vec::Vec<f32> = (0..len).map(|i| (i % 5) as f32 * 0.2).collect();
+            let mut fused = v.clone();
+            let m = add_max(&mut fused, &b);
+            let biased: std::vec::Vec<f32> = v.iter().zip(&b).map(|(x, y)| x + y).collect();
+            assert_eq!(fused, biased);
+            assert_eq!(m, max(&biased));
+            assert_eq!(m, max_of_sums(&v, &b));
+            let lazy = exp_sum_of_sums(&v, &b, m);
+            let s = exp_shifted_sum(&mut fused, m);
+            let want: std::vec::Vec<f32> = biased.iter().map(|&x| exp(x - m)).collect();
+            assert_eq!(fused, want);
+            assert_eq!(s, sum(&want));
+            assert_eq!(s, lazy);
+            assert_eq!(exp_sum(&biased, m), s);
+        }
     }
 }

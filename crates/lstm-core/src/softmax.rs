@@ -1,9 +1,9 @@
 //! Softmax and softmax cross-entropy, stable through log-sum-exp.
 //!
-//! Each row is three vectorisable passes: the maximum, `exp(z − max)` in place ([`crate::exp`]),
-//! then a fixed-order sum.
+//! Each row is three vectorisable passes: the maximum, `exp(z − max)` in place with its
+//! fixed-order sum ([`crate::exp`]), then the normalisation.
 
-use crate::exp::{exp, max as row_max, sum as row_sum};
+use crate::exp::{add_max, exp_shifted_sum, exp_sum, exp_sum_of_sums, max as row_max, max_of_sums};
 
 use crate::{Error, check_len};
 
@@ -11,8 +11,7 @@ use crate::{Error, check_len};
 /// overflows; the result sums to 1 and lies in [0, 1].
 pub fn softmax_in_place(row: &mut [f32]) {
     let max = row_max(row);
-    row.iter_mut().for_each(|v| *v = exp(*v - max));
-    let sum = row_sum(row);
+    let sum = exp_shifted_sum(row, max);
     let inv = 1.0 / sum;
     row.iter_mut().for_each(|v| *v *= inv);
 }
@@ -20,15 +19,7 @@ pub fn softmax_in_place(row: &mut [f32]) {
 /// `log Σ exp(row)`, stable.
 pub fn log_sum_exp(row: &[f32]) -> f32 {
     let max = row_max(row);
-    // Blocks of 64 keep the temporaries on the stack and the passes vectorised.
-    let mut sum = 0.0f32;
-    let mut block = [0.0f32; 64];
-    for chunk in row.chunks(64) {
-        let b = &mut block[..chunk.len()];
-        b.iter_mut().zip(chunk).for_each(|(e, &v)| *e = exp(v - max));
-        sum += row_sum(b);
-    }
-    max + libm::logf(sum)
+    max + libm::logf(exp_sum(row, max))
 }
 
 /// Mean cross-entropy of `logits` (`M × V`) against `targets` (`M`), without the gradient.
@@ -82,9 +73,14 @@ pub fn softmax_cross_entropy_scaled(
 #[inline]
 fn softmax_cross_entropy_row(row: &mut [f32], t: usize, scale: f32) -> f32 {
     let max = row_max(row);
+    softmax_cross_entropy_row_from(row, max, t, scale)
+}
+
+/// [`softmax_cross_entropy_row`] once the row's maximum is known.
+#[inline]
+fn softmax_cross_entropy_row_from(row: &mut [f32], max: f32, t: usize, scale: f32) -> f32 {
     let target_shifted = row[t] - max;
-    row.iter_mut().for_each(|v| *v = exp(*v - max));
-    let sum = row_sum(row);
+    let sum = exp_shifted_sum(row, max);
     let k = scale / sum;
     row.iter_mut().for_each(|v| *v *= k);
     row[t] -= scale;
@@ -110,8 +106,8 @@ pub fn softmax_cross_entropy_biased(
     }
     let mut total = 0.0f64;
     for (row, &t) in scores.chunks_exact_mut(vocab.max(1)).zip(targets) {
-        row.iter_mut().zip(bias).for_each(|(z, b)| *z += b);
-        total += f64::from(softmax_cross_entropy_row(row, t as usize, scale));
+        let max = add_max(row, bias);
+        total += f64::from(softmax_cross_entropy_row_from(row, max, t as usize, scale));
         d_bias.iter_mut().zip(row.iter()).for_each(|(d, g)| *d += g);
     }
     Ok(total)
@@ -122,25 +118,14 @@ pub fn cross_entropy_sum_biased(scores: &[f32], bias: &[f32], targets: &[u32]) -
     let vocab = bias.len();
     check_len("logits", scores.len(), targets.len() * vocab)?;
     let mut total = 0.0f64;
-    let mut block = [0.0f32; 64];
     for (row, &t) in scores.chunks_exact(vocab.max(1)).zip(targets) {
         let t_us = t as usize;
         if t_us >= vocab {
             return Err(Error::TokenOutOfRange { id: t, vocab });
         }
-        // Max of the biased row, then Σ exp in blocks of 64 (no temporary of V values).
-        let mut max = f32::NEG_INFINITY;
-        for (c, bc) in row.chunks(64).zip(bias.chunks(64)) {
-            let b = &mut block[..c.len()];
-            b.iter_mut().zip(c).zip(bc).for_each(|((o, z), bb)| *o = z + bb);
-            max = max.max(row_max(b));
-        }
-        let mut sum = 0.0f32;
-        for (c, bc) in row.chunks(64).zip(bias.chunks(64)) {
-            let b = &mut block[..c.len()];
-            b.iter_mut().zip(c).zip(bc).for_each(|((o, z), bb)| *o = exp(z + bb - max));
-            sum += row_sum(b);
-        }
+        // Max of the biased row, then Σ exp, neither storing anything.
+        let max = max_of_sums(row, bias);
+        let sum = exp_sum_of_sums(row, bias, max);
         total += f64::from(max + libm::logf(sum) - (row[t_us] + bias[t_us]));
     }
     Ok(total)
