@@ -146,7 +146,7 @@ fn bench_gemm(preset: &str, vocab: usize) -> Result<(), String> {
         ("out dh  dY·E", rows, d, vocab, false, false),
         ("lstm x·Wx", rows, g, d, false, false),
         ("lstm h·Wh (step)", n, g, d, false, false),
-        ("lstm da·Whᵀ (step)", n, d, g, false, true),
+        ("lstm da·Whᵀ (step)", n, d, g, false, false),
         ("lstm dWx xᵀ·dA", d, g, rows, true, false),
         ("lstm dx dA·Wxᵀ", rows, d, g, false, true),
         ("square 2048³", 2048, 2048, 2048, false, false),

@@ -64,6 +64,37 @@ pub trait Gemm {
     /// # Panics
     /// If the inner dimensions differ or `c` has the wrong length.
     fn gemm(&self, alpha: f32, a: Mat<'_>, b: Mat<'_>, beta: f32, c: &mut [f32]);
+
+    /// Runs `body` with products whose right operand is always `b`: an LSTM's recurrent
+    /// weights, used once per step. A fast implementation prepares (packs) `b` once for all of
+    /// them; this default calls [`Gemm::gemm`] each time.
+    fn with_rhs<R>(&self, b: Mat<'_>, body: impl FnOnce(&dyn FixedRhsGemm) -> R) -> R
+    where
+        Self: Sized,
+    {
+        body(&Unprepared { gemm: self, b })
+    }
+}
+
+/// Products with a right operand fixed in advance (see [`Gemm::with_rhs`]).
+pub trait FixedRhsGemm {
+    /// Computes `c = alpha * a * B + beta * c` for the fixed `B`, like [`Gemm::gemm`].
+    fn gemm(&self, alpha: f32, a: Mat<'_>, beta: f32, c: &mut [f32]);
+}
+
+/// [`FixedRhsGemm`] by plain calls to [`Gemm::gemm`].
+#[derive(Debug)]
+pub struct Unprepared<'a, G> {
+    /// The GEMM to call.
+    pub gemm: &'a G,
+    /// The fixed right operand.
+    pub b: Mat<'a>,
+}
+
+impl<G: Gemm> FixedRhsGemm for Unprepared<'_, G> {
+    fn gemm(&self, alpha: f32, a: Mat<'_>, beta: f32, c: &mut [f32]) {
+        self.gemm.gemm(alpha, a, self.b, beta, c);
+    }
 }
 
 /// Straightforward triple loop, accumulation in f32 in index order: the reference.

@@ -57,12 +57,15 @@ struct Parts<'a> {
     tanh_c: &'a mut [f32],
     dh: &'a mut [f32],
     dc: &'a mut [f32],
+    /// `Whᵀ` (`4H × H`), written by `backward` so the per-step product `dA·Whᵀ` reads a
+    /// row-major operand (a GEMM then streams it instead of re-packing it every step).
+    wh_t: &'a mut [f32],
 }
 
 impl<S: AsRef<[f32]> + AsMut<[f32]>> Lstm<S> {
-    /// Number of `f32` the storage must hold: `N·H·(7·capacity + 4)`.
+    /// Number of `f32` the storage must hold: `N·H·(7·capacity + 4) + 4·H²`.
     pub const fn storage_len(hidden: usize, batch: usize, capacity: usize) -> usize {
-        batch * hidden * (7 * capacity + 4)
+        batch * hidden * (7 * capacity + 4) + 4 * hidden * hidden
     }
 
     /// Builds a layer over `storage`, which must hold exactly [`Self::storage_len`] values.
@@ -109,8 +112,9 @@ impl<S: AsRef<[f32]> + AsMut<[f32]>> Lstm<S> {
         let (c, s) = s.split_at_mut((cap + 1) * nh);
         let (h, s) = s.split_at_mut((cap + 1) * nh);
         let (tanh_c, s) = s.split_at_mut(cap * nh);
-        let (dh, dc) = s.split_at_mut(nh);
-        Parts { gates, c, h, tanh_c, dh, dc }
+        let (dh, s) = s.split_at_mut(nh);
+        let (dc, wh_t) = s.split_at_mut(nh);
+        Parts { gates, c, h, tanh_c, dh, dc, wh_t }
     }
 
     fn h_all(&self) -> &[f32] {
@@ -207,25 +211,27 @@ impl<S: AsRef<[f32]> + AsMut<[f32]>> Lstm<S> {
         for row in a_all.chunks_exact_mut(g) {
             row.iter_mut().zip(w.b).for_each(|(a, b)| *a += b);
         }
-        for t in 0..steps {
-            let a_t = &mut a_all[t * n * g..(t + 1) * n * g];
-            let (h_prev, h_next) = p.h.split_at_mut((t + 1) * nh);
-            let h_prev = &h_prev[t * nh..];
-            gemm.gemm(1.0, Mat::new(h_prev, n, hd), Mat::new(w.wh, hd, g), 1.0, a_t);
-            let (c_prev, c_next) = p.c.split_at_mut((t + 1) * nh);
-            let c_prev = &c_prev[t * nh..];
-            let tanh_c = &mut p.tanh_c[t * nh..(t + 1) * nh];
-            for r in 0..n {
-                let span = r * hd..(r + 1) * hd;
-                cell_forward(
-                    &mut a_t[r * g..(r + 1) * g],
-                    &c_prev[span.clone()],
-                    &mut c_next[span.clone()],
-                    &mut tanh_c[span.clone()],
-                    &mut h_next[span],
-                );
+        gemm.with_rhs(Mat::new(w.wh, hd, g), |wh| {
+            for t in 0..steps {
+                let a_t = &mut a_all[t * n * g..(t + 1) * n * g];
+                let (h_prev, h_next) = p.h.split_at_mut((t + 1) * nh);
+                let h_prev = &h_prev[t * nh..];
+                wh.gemm(1.0, Mat::new(h_prev, n, hd), 1.0, a_t);
+                let (c_prev, c_next) = p.c.split_at_mut((t + 1) * nh);
+                let c_prev = &c_prev[t * nh..];
+                let tanh_c = &mut p.tanh_c[t * nh..(t + 1) * nh];
+                for r in 0..n {
+                    let span = r * hd..(r + 1) * hd;
+                    cell_forward(
+                        &mut a_t[r * g..(r + 1) * g],
+                        &c_prev[span.clone()],
+                        &mut c_next[span.clone()],
+                        &mut tanh_c[span.clone()],
+                        &mut h_next[span],
+                    );
+                }
             }
-        }
+        });
         self.steps = steps;
         self.carry = true;
         self.tape = true;
@@ -261,21 +267,28 @@ impl<S: AsRef<[f32]> + AsMut<[f32]>> Lstm<S> {
         let p = self.parts();
         p.dh.fill(0.0);
         p.dc.fill(0.0);
-        for t in (0..steps).rev() {
-            p.dh.iter_mut().zip(&dh_out[t * nh..(t + 1) * nh]).for_each(|(a, b)| *a += b);
-            let da_t = &mut p.gates[t * n * g..(t + 1) * n * g];
-            for r in 0..n {
-                let span = r * hd..(r + 1) * hd;
-                cell_backward(
-                    &mut da_t[r * g..(r + 1) * g],
-                    &p.c[t * nh..(t + 1) * nh][span.clone()],
-                    &p.tanh_c[t * nh..(t + 1) * nh][span.clone()],
-                    &p.dh[span.clone()],
-                    &mut p.dc[span],
-                );
+        for (i, row) in w.wh.chunks_exact(g).enumerate() {
+            for (j, &v) in row.iter().enumerate() {
+                p.wh_t[j * hd + i] = v;
             }
-            gemm.gemm(1.0, Mat::new(da_t, n, g), Mat::new(w.wh, hd, g).t(), 0.0, p.dh);
         }
+        gemm.with_rhs(Mat::new(p.wh_t, g, hd), |wh_t| {
+            for t in (0..steps).rev() {
+                p.dh.iter_mut().zip(&dh_out[t * nh..(t + 1) * nh]).for_each(|(a, b)| *a += b);
+                let da_t = &mut p.gates[t * n * g..(t + 1) * n * g];
+                for r in 0..n {
+                    let span = r * hd..(r + 1) * hd;
+                    cell_backward(
+                        &mut da_t[r * g..(r + 1) * g],
+                        &p.c[t * nh..(t + 1) * nh][span.clone()],
+                        &p.tanh_c[t * nh..(t + 1) * nh][span.clone()],
+                        &p.dh[span.clone()],
+                        &mut p.dc[span],
+                    );
+                }
+                wh_t.gemm(1.0, Mat::new(da_t, n, g), 0.0, p.dh);
+            }
+        });
         let da = Mat::new(&p.gates[..steps * n * g], steps * n, g);
         gemm.gemm(1.0, Mat::new(x, steps * n, d).t(), da, 1.0, grads.wx);
         gemm.gemm(1.0, Mat::new(&p.h[..steps * nh], steps * n, hd).t(), da, 1.0, grads.wh);

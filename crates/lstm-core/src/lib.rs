@@ -38,7 +38,7 @@ pub mod sampling;
 pub mod softmax;
 
 pub use format::{FormatError, QuantModel};
-pub use gemm::{Gemm, Mat, NaiveGemm};
+pub use gemm::{FixedRhsGemm, Gemm, Mat, NaiveGemm};
 /// Re-exported so callers build `format::Payload` with the same `heapless` version.
 pub use heapless;
 pub use layer::{Lstm, LstmGrads, LstmWeights};

@@ -121,10 +121,15 @@ pub struct StepProfile {
     pub steps: usize,
 }
 
-/// Rows per block of the fused output layer: each block's scores (`40 × V` floats, 1.6 MB for
-/// PTB) are computed, turned into softmax gradients and multiplied back by `E` while they are
-/// still in the core's cache, instead of making three trips through memory.
-const OUTPUT_BLOCK: usize = 40;
+/// Rows per block of the fused output layer. With a narrow model (`D ≤ 128`) each block's
+/// scores (`40 × V` floats, 1.6 MB for PTB) are computed, turned into softmax gradients and
+/// multiplied back by `E` while they are still in the core's cache, instead of making three
+/// trips through memory. A wide model's products are compute-bound and want each panel of `E`
+/// to meet many rows: then the blocks are halves of the batch. Depends on the shape only, never
+/// on the thread count, so results do not either.
+fn output_block_rows(dim: usize, rows: usize) -> usize {
+    if dim <= 128 { 40 } else { rows.div_ceil(2).max(1) }
+}
 
 impl Workspace {
     /// Buffers for `batch × time` positions of a model with `layout`.
@@ -276,17 +281,18 @@ impl Workspace {
         // Each block of rows: scores, softmax cross-entropy and its gradient dY in place, then
         // dh = dY·E, all on one thread while the block is in cache. Each block accumulates its
         // own bias gradient; they are summed in block order, so nothing depends on scheduling.
-        let blocks = rows.div_ceil(OUTPUT_BLOCK);
+        let block_rows = output_block_rows(d, rows);
+        let blocks = rows.div_ceil(block_rows);
         self.bias_partials.resize(blocks * v, 0.0);
         self.bias_partials.fill(0.0);
         let (gemm, tied_t, tied) = (self.gemm, &self.tied_t, &self.tied);
         let sums: Vec<Result<f64, lstm_core::Error>> = self
             .logits
-            .par_chunks_mut(v * OUTPUT_BLOCK)
-            .zip(targets.par_chunks(OUTPUT_BLOCK))
+            .par_chunks_mut(v * block_rows)
+            .zip(targets.par_chunks(block_rows))
             .zip(self.bias_partials.par_chunks_mut(v))
-            .zip(self.inputs[self.layers.len()].par_chunks(d * OUTPUT_BLOCK))
-            .zip(self.grad_a.par_chunks_mut(d * OUTPUT_BLOCK))
+            .zip(self.inputs[self.layers.len()].par_chunks(d * block_rows))
+            .zip(self.grad_a.par_chunks_mut(d * block_rows))
             .map(|((((block, t), db), h), dh)| {
                 let n = t.len();
                 gemm.gemm_prepared(1.0, Mat::new(h, n, d), emb.t(), tied_t, 0.0, block);
@@ -340,11 +346,12 @@ impl Workspace {
         let emb = Mat::new(&params[self.layout.embedding.clone()], v, d);
         self.gemm.prepare(emb.t(), &mut self.tied_t);
         let (gemm, tied_t) = (self.gemm, &self.tied_t);
+        let block_rows = output_block_rows(d, targets.len());
         let sums: Vec<Result<f64, lstm_core::Error>> = self
             .logits
-            .par_chunks_mut(v * OUTPUT_BLOCK)
-            .zip(targets.par_chunks(OUTPUT_BLOCK))
-            .zip(self.inputs[self.layers.len()].par_chunks(d * OUTPUT_BLOCK))
+            .par_chunks_mut(v * block_rows)
+            .zip(targets.par_chunks(block_rows))
+            .zip(self.inputs[self.layers.len()].par_chunks(d * block_rows))
             .map(|((block, t), h)| {
                 gemm.gemm_prepared(1.0, Mat::new(h, t.len(), d), emb.t(), tied_t, 0.0, block);
                 cross_entropy_sum_biased(block, bias, t)

@@ -11,7 +11,7 @@ mod avx512;
 #[cfg(target_arch = "x86_64")]
 mod packed;
 
-use lstm_core::gemm::{Gemm, Mat, check_gemm_shapes};
+use lstm_core::gemm::{FixedRhsGemm, Gemm, Mat, Unprepared, check_gemm_shapes};
 use nalgebra::{DMatrixView, DMatrixViewMut, Dyn};
 
 /// Below this many multiply-adds a product is not worth splitting.
@@ -31,13 +31,23 @@ pub enum Backend {
 }
 
 impl Backend {
-    /// The fastest backend this CPU runs.
+    /// The fastest backend this CPU runs, unless the environment variable
+    /// `LSTM_GEMM=matrixmultiply` asks for the portable one (to compare the two on one machine).
     pub fn best() -> Backend {
         #[cfg(target_arch = "x86_64")]
-        if avx512::Avx512::detect().is_some() && std::env::var("NOAVX").is_err() {
+        if avx512::Avx512::detect().is_some() && std::env::var("LSTM_GEMM").as_deref() != Ok("matrixmultiply") {
             return Backend::Avx512;
         }
         Backend::Nalgebra
+    }
+
+    /// Whether this CPU runs the AVX-512 kernel.
+    fn avx512_available() -> bool {
+        #[cfg(target_arch = "x86_64")]
+        if avx512::Avx512::detect().is_some() {
+            return true;
+        }
+        false
     }
 
     /// Short name for reports.
@@ -71,7 +81,7 @@ impl FastGemm {
     pub fn with_backend(self, backend: Backend) -> Option<FastGemm> {
         match backend {
             Backend::Nalgebra => Some(FastGemm { backend, ..self }),
-            Backend::Avx512 => (Backend::best() == Backend::Avx512).then_some(FastGemm { backend, ..self }),
+            Backend::Avx512 => Backend::avx512_available().then_some(FastGemm { backend, ..self }),
         }
     }
 
@@ -101,7 +111,7 @@ impl FastGemm {
         #[cfg(target_arch = "x86_64")]
         if self.backend == Backend::Avx512 {
             let kernel = avx512::Avx512::detect().expect("Backend::Avx512 is only chosen on AVX-512 CPUs");
-            packed::gemm_prepacked(kernel, alpha, strided(&a), &prepared.packed, beta, c);
+            packed::gemm_prepacked(kernel, alpha, strided(&a), &prepared.packed, 0..b.cols(), beta, c);
             return;
         }
         FastGemm { threads: 1, ..*self }.gemm(alpha, a, b, beta, c);
@@ -151,8 +161,9 @@ fn split_gemm(alpha: f32, a: View<'_>, b: View<'_>, beta: f32, mut c: ViewMut<'_
     }
 }
 
-/// Splits the rows of `C` (at a multiple of the tile height) across `threads` rayon workers,
-/// each running the packed single-thread GEMM.
+/// Splits `C` across `threads` rayon workers, each running the packed single-thread GEMM: by
+/// rows (at a multiple of the tile height), or, for a product with few rows (a recurrent step:
+/// 20 × 4H), by columns, so each worker streams only its half of `B` instead of all of it.
 #[cfg(target_arch = "x86_64")]
 fn split_packed(
     kernel: avx512::Avx512,
@@ -164,13 +175,25 @@ fn split_packed(
     threads: usize,
 ) {
     let (m, n, k) = (a.rows, b.cols, a.cols);
-    let panels = m.div_ceil(avx512::MR);
-    if threads <= 1 || panels < 2 || m * n * k < MIN_PARALLEL_WORK {
+    let (row_panels, col_panels) = (m.div_ceil(avx512::MR), n.div_ceil(avx512::NR));
+    let by_columns = row_panels < 4 && col_panels >= 2;
+    if threads <= 1 || m * n * k < MIN_PARALLEL_WORK || (row_panels < 2 && !by_columns) {
         packed::gemm(kernel, alpha, a, b, beta, c);
         return;
     }
     let (t1, t2) = (threads / 2, threads - threads / 2);
-    let mid = (panels * t1 / threads).max(1) * avx512::MR;
+    if by_columns {
+        let mid = (col_panels * t1 / threads).max(1) * avx512::NR;
+        split_columns(c, m, n, mid, beta, |left, right| {
+            let (b1, b2) = (b.cols_range(0..mid), b.cols_range(mid..n));
+            rayon::join(
+                || split_packed(kernel, alpha, a, b1, beta, left, t1),
+                || split_packed(kernel, alpha, a, b2, beta, right, t2),
+            );
+        });
+        return;
+    }
+    let mid = (row_panels * t1 / threads).max(1) * avx512::MR;
     let (c1, c2) = c.split_at_mut(mid * n);
     let (a1, a2) = (a.rows_range(0..mid), a.rows_range(mid..m));
     rayon::join(
@@ -179,13 +202,120 @@ fn split_packed(
     );
 }
 
+thread_local! {
+    /// Column halves of `C` for [`split_columns`], kept between calls.
+    static COLUMN_HALVES: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Runs `work` on contiguous copies of columns `..mid` and `mid..` of the row-major `m × n`
+/// matrix `c` (copied in unless `beta == 0`, then copied back). Each element is computed
+/// exactly as in place: the kernel's result does not depend on where a tile sits.
+#[cfg(target_arch = "x86_64")]
+fn split_columns(c: &mut [f32], m: usize, n: usize, mid: usize, beta: f32, work: impl FnOnce(&mut [f32], &mut [f32])) {
+    // Taken out rather than borrowed: a nested split on this thread finds an empty buffer.
+    let mut buf = COLUMN_HALVES.with_borrow_mut(std::mem::take);
+    buf.resize(m * n, 0.0);
+    let (left, right) = buf.split_at_mut(m * mid);
+    let w = n - mid;
+    if beta != 0.0 {
+        for (r, row) in c.chunks_exact(n).enumerate() {
+            left[r * mid..(r + 1) * mid].copy_from_slice(&row[..mid]);
+            right[r * w..(r + 1) * w].copy_from_slice(&row[mid..]);
+        }
+    }
+    work(left, right);
+    for (r, row) in c.chunks_exact_mut(n).enumerate() {
+        row[..mid].copy_from_slice(&left[r * mid..(r + 1) * mid]);
+        row[mid..].copy_from_slice(&right[r * w..(r + 1) * w]);
+    }
+    COLUMN_HALVES.with_borrow_mut(|slot| *slot = buf);
+}
+
 #[cfg(target_arch = "x86_64")]
 fn strided<'a>(m: &Mat<'a>) -> packed::Strided<'a> {
     let (rs, cs) = if m.is_transposed() { (1, m.rows()) } else { (m.cols(), 1) };
     packed::Strided { data: m.data(), rows: m.rows(), cols: m.cols(), rs, cs }
 }
 
+/// Products with a right operand packed once ([`Gemm::with_rhs`] on the AVX-512 backend).
+#[cfg(target_arch = "x86_64")]
+struct PackedRhs<'a> {
+    kernel: avx512::Avx512,
+    threads: usize,
+    b: Mat<'a>,
+    packed: &'a packed::PackedB,
+}
+
+#[cfg(target_arch = "x86_64")]
+impl FixedRhsGemm for PackedRhs<'_> {
+    fn gemm(&self, alpha: f32, a: Mat<'_>, beta: f32, c: &mut [f32]) {
+        check_gemm_shapes(&a, &self.b, c.len());
+        split_prepacked(self.kernel, alpha, strided(&a), self.packed, 0..self.b.cols(), beta, c, self.threads);
+    }
+}
+
+/// [`split_packed`] with `B` packed in advance, over its columns `cols`.
+#[cfg(target_arch = "x86_64")]
+#[allow(clippy::too_many_arguments)]
+fn split_prepacked(
+    kernel: avx512::Avx512,
+    alpha: f32,
+    a: packed::Strided<'_>,
+    b: &packed::PackedB,
+    cols: std::ops::Range<usize>,
+    beta: f32,
+    c: &mut [f32],
+    threads: usize,
+) {
+    let (m, n, k) = (a.rows, cols.len(), a.cols);
+    let (row_panels, col_panels) = (m.div_ceil(avx512::MR), n.div_ceil(avx512::NR));
+    let by_columns = row_panels < 4 && col_panels >= 2;
+    if threads <= 1 || m * n * k < MIN_PARALLEL_WORK || (row_panels < 2 && !by_columns) {
+        packed::gemm_prepacked(kernel, alpha, a, b, cols, beta, c);
+        return;
+    }
+    let (t1, t2) = (threads / 2, threads - threads / 2);
+    if by_columns {
+        let mid = (col_panels * t1 / threads).max(1) * avx512::NR;
+        let (left, right) = (cols.start..cols.start + mid, cols.start + mid..cols.end);
+        split_columns(c, m, n, mid, beta, |c1, c2| {
+            rayon::join(
+                || split_prepacked(kernel, alpha, a, b, left, beta, c1, t1),
+                || split_prepacked(kernel, alpha, a, b, right, beta, c2, t2),
+            );
+        });
+        return;
+    }
+    let mid = (row_panels * t1 / threads).max(1) * avx512::MR;
+    let (c1, c2) = c.split_at_mut(mid * n);
+    let (a1, a2) = (a.rows_range(0..mid), a.rows_range(mid..m));
+    rayon::join(
+        || split_prepacked(kernel, alpha, a1, b, cols.clone(), beta, c1, t1),
+        || split_prepacked(kernel, alpha, a2, b, cols.clone(), beta, c2, t2),
+    );
+}
+
+thread_local! {
+    /// The packed right operand of [`Gemm::with_rhs`], kept between calls.
+    #[cfg(target_arch = "x86_64")]
+    static RHS_PACK: std::cell::RefCell<packed::PackedB> = std::cell::RefCell::new(packed::PackedB::default());
+}
+
 impl Gemm for FastGemm {
+    fn with_rhs<R>(&self, b: Mat<'_>, body: impl FnOnce(&dyn FixedRhsGemm) -> R) -> R {
+        #[cfg(target_arch = "x86_64")]
+        if self.backend == Backend::Avx512 {
+            let kernel = avx512::Avx512::detect().expect("Backend::Avx512 is only chosen on AVX-512 CPUs");
+            // Taken out rather than borrowed, so a nested call packs into a fresh buffer.
+            let mut packed = RHS_PACK.with_borrow_mut(std::mem::take);
+            packed.pack(&strided(&b));
+            let result = body(&PackedRhs { kernel, threads: self.threads, b, packed: &packed });
+            RHS_PACK.with_borrow_mut(|slot| *slot = packed);
+            return result;
+        }
+        body(&Unprepared { gemm: self, b })
+    }
+
     fn gemm(&self, alpha: f32, a: Mat<'_>, b: Mat<'_>, beta: f32, c: &mut [f32]) {
         check_gemm_shapes(&a, &b, c.len());
         let (m, n) = (a.rows(), b.cols());
@@ -258,6 +388,36 @@ mod tests {
                         );
                     }
                     assert_eq!(one, many, "{backend:?}: result depends on the thread split");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn fixed_rhs_products_equal_plain_ones_bit_for_bit() {
+        let mut rng = Rng::new(4);
+        // Recurrent-step shapes (few rows: column split), a tall one (row split), odd edges.
+        for &(m, n, k) in &[(20, 256, 64), (20, 2600, 130), (10, 650, 260), (45, 333, 70), (300, 100, 40), (1, 5, 3)] {
+            let b: Vec<f32> = (0..k * n).map(|_| rng.normal()).collect();
+            let c0: Vec<f32> = (0..m * n).map(|_| rng.normal()).collect();
+            let a_steps: Vec<Vec<f32>> = (0..3).map(|_| (0..m * k).map(|_| rng.normal()).collect()).collect();
+            for backend in [Backend::Avx512, Backend::Nalgebra] {
+                for threads in [1, 2, 3] {
+                    let Some(fast) = FastGemm::new(threads).with_backend(backend) else { continue };
+                    let bm = Mat::new(&b, k, n);
+                    let mut plain = c0.clone();
+                    for (i, a) in a_steps.iter().enumerate() {
+                        let beta = if i == 1 { 0.0 } else { 1.0 };
+                        fast.gemm(1.0, Mat::new(a, m, k), bm, beta, &mut plain);
+                    }
+                    let mut fixed = c0.clone();
+                    fast.with_rhs(bm, |rhs| {
+                        for (i, a) in a_steps.iter().enumerate() {
+                            let beta = if i == 1 { 0.0 } else { 1.0 };
+                            rhs.gemm(1.0, Mat::new(a, m, k), beta, &mut fixed);
+                        }
+                    });
+                    assert_eq!(plain, fixed, "{backend:?} {threads} threads {m}x{n}x{k}");
                 }
             }
         }
