@@ -1,11 +1,12 @@
-//! The AVX-512 micro-kernel: one `MR × NR` tile of `C` from packed panels of `A` and `B`.
+//! The AVX-512 micro-kernel: one `MR × NR` tile of `C` from panels of `A` and `B`.
 //!
 //! The trainer's only `unsafe`. Measured on the 2-core Xeon this project trains on (Sapphire
-//! Rapids class), a 10 × 32 tile of 512-bit FMAs runs at ~147 GFLOP/s per core in cache, twice
-//! the 256-bit kernels of `matrixmultiply` (~73), which are the fastest safe option; the
-//! output layer and the big LSTM products are nearly all of a training step, so the kernel
-//! decides the trainer's speed. Stable Rust has no safe way to ask for 512-bit vectors in one
-//! function, hence intrinsics behind a runtime CPU check.
+//! Rapids class): a 10 × 32 tile of 512-bit FMAs runs at ~175 GFLOP/s per core in cache, a
+//! 6 × 16 tile of 256-bit ones at ~86. `matrixmultiply` reaches AVX-512 too for a plain
+//! product, but a kernel of our own is what lets the trainer pack an operand once for many
+//! products (the tied embedding, the recurrent weights), read row-major operands in place and
+//! fuse the output layer; those decide the training speed. Stable Rust has no safe way to ask
+//! for 512-bit vectors in one function, hence intrinsics behind a run-time CPU check.
 #![allow(unsafe_code)]
 
 use std::arch::x86_64::{
