@@ -161,6 +161,35 @@ fn split_gemm(alpha: f32, a: View<'_>, b: View<'_>, beta: f32, mut c: ViewMut<'_
     }
 }
 
+/// The right operand of a threaded product: a matrix, or columns `cols` of one packed in advance.
+#[cfg(target_arch = "x86_64")]
+#[derive(Clone)]
+enum Rhs<'a> {
+    Plain(packed::Strided<'a>),
+    Packed(&'a packed::PackedB, std::ops::Range<usize>),
+}
+
+#[cfg(target_arch = "x86_64")]
+impl Rhs<'_> {
+    fn cols(&self) -> usize {
+        match self {
+            Rhs::Plain(b) => b.cols,
+            Rhs::Packed(_, cols) => cols.len(),
+        }
+    }
+
+    /// Columns `..mid` and `mid..` (`mid` a multiple of the tile width).
+    fn split_columns(&self, mid: usize) -> (Self, Self) {
+        match self {
+            Rhs::Plain(b) => (Rhs::Plain(b.cols_range(0..mid)), Rhs::Plain(b.cols_range(mid..b.cols))),
+            Rhs::Packed(p, cols) => {
+                let at = cols.start + mid;
+                (Rhs::Packed(p, cols.start..at), Rhs::Packed(p, at..cols.end))
+            }
+        }
+    }
+}
+
 /// Splits `C` across `threads` rayon workers, each running the packed single-thread GEMM: by
 /// rows (at a multiple of the tile height), or, for a product with few rows (a recurrent step:
 /// 20 × 4H), by columns, so each worker streams only its half of `B` instead of all of it.
@@ -169,23 +198,26 @@ fn split_packed(
     kernel: avx512::Avx512,
     alpha: f32,
     a: packed::Strided<'_>,
-    b: packed::Strided<'_>,
+    b: Rhs<'_>,
     beta: f32,
     c: &mut [f32],
     threads: usize,
 ) {
-    let (m, n, k) = (a.rows, b.cols, a.cols);
+    let (m, n, k) = (a.rows, b.cols(), a.cols);
     let (row_panels, col_panels) = (m.div_ceil(avx512::MR), n.div_ceil(avx512::NR));
     let by_columns = row_panels < 4 && col_panels >= 2;
     if threads <= 1 || m * n * k < MIN_PARALLEL_WORK || (row_panels < 2 && !by_columns) {
-        packed::gemm(kernel, alpha, a, b, beta, c);
+        match b {
+            Rhs::Plain(b) => packed::gemm(kernel, alpha, a, b, beta, c),
+            Rhs::Packed(p, cols) => packed::gemm_prepacked(kernel, alpha, a, p, cols, beta, c),
+        }
         return;
     }
     let (t1, t2) = (threads / 2, threads - threads / 2);
     if by_columns {
         let mid = (col_panels * t1 / threads).max(1) * avx512::NR;
+        let (b1, b2) = b.split_columns(mid);
         split_columns(c, m, n, mid, beta, |left, right| {
-            let (b1, b2) = (b.cols_range(0..mid), b.cols_range(mid..n));
             rayon::join(
                 || split_packed(kernel, alpha, a, b1, beta, left, t1),
                 || split_packed(kernel, alpha, a, b2, beta, right, t2),
@@ -196,9 +228,10 @@ fn split_packed(
     let mid = (row_panels * t1 / threads).max(1) * avx512::MR;
     let (c1, c2) = c.split_at_mut(mid * n);
     let (a1, a2) = (a.rows_range(0..mid), a.rows_range(mid..m));
+    let b2 = b.clone();
     rayon::join(
         || split_packed(kernel, alpha, a1, b, beta, c1, t1),
-        || split_packed(kernel, alpha, a2, b, beta, c2, t2),
+        || split_packed(kernel, alpha, a2, b2, beta, c2, t2),
     );
 }
 
@@ -250,49 +283,16 @@ struct PackedRhs<'a> {
 impl FixedRhsGemm for PackedRhs<'_> {
     fn gemm(&self, alpha: f32, a: Mat<'_>, beta: f32, c: &mut [f32]) {
         check_gemm_shapes(&a, &self.b, c.len());
-        split_prepacked(self.kernel, alpha, strided(&a), self.packed, 0..self.b.cols(), beta, c, self.threads);
+        split_packed(
+            self.kernel,
+            alpha,
+            strided(&a),
+            Rhs::Packed(self.packed, 0..self.b.cols()),
+            beta,
+            c,
+            self.threads,
+        );
     }
-}
-
-/// [`split_packed`] with `B` packed in advance, over its columns `cols`.
-#[cfg(target_arch = "x86_64")]
-#[allow(clippy::too_many_arguments)]
-fn split_prepacked(
-    kernel: avx512::Avx512,
-    alpha: f32,
-    a: packed::Strided<'_>,
-    b: &packed::PackedB,
-    cols: std::ops::Range<usize>,
-    beta: f32,
-    c: &mut [f32],
-    threads: usize,
-) {
-    let (m, n, k) = (a.rows, cols.len(), a.cols);
-    let (row_panels, col_panels) = (m.div_ceil(avx512::MR), n.div_ceil(avx512::NR));
-    let by_columns = row_panels < 4 && col_panels >= 2;
-    if threads <= 1 || m * n * k < MIN_PARALLEL_WORK || (row_panels < 2 && !by_columns) {
-        packed::gemm_prepacked(kernel, alpha, a, b, cols, beta, c);
-        return;
-    }
-    let (t1, t2) = (threads / 2, threads - threads / 2);
-    if by_columns {
-        let mid = (col_panels * t1 / threads).max(1) * avx512::NR;
-        let (left, right) = (cols.start..cols.start + mid, cols.start + mid..cols.end);
-        split_columns(c, m, n, mid, beta, |c1, c2| {
-            rayon::join(
-                || split_prepacked(kernel, alpha, a, b, left, beta, c1, t1),
-                || split_prepacked(kernel, alpha, a, b, right, beta, c2, t2),
-            );
-        });
-        return;
-    }
-    let mid = (row_panels * t1 / threads).max(1) * avx512::MR;
-    let (c1, c2) = c.split_at_mut(mid * n);
-    let (a1, a2) = (a.rows_range(0..mid), a.rows_range(mid..m));
-    rayon::join(
-        || split_prepacked(kernel, alpha, a1, b, cols.clone(), beta, c1, t1),
-        || split_prepacked(kernel, alpha, a2, b, cols.clone(), beta, c2, t2),
-    );
 }
 
 thread_local! {
@@ -325,7 +325,7 @@ impl Gemm for FastGemm {
         #[cfg(target_arch = "x86_64")]
         if self.backend == Backend::Avx512 {
             let kernel = avx512::Avx512::detect().expect("Backend::Avx512 is only chosen on AVX-512 CPUs");
-            split_packed(kernel, alpha, strided(&a), strided(&b), beta, c, self.threads);
+            split_packed(kernel, alpha, strided(&a), Rhs::Plain(strided(&b)), beta, c, self.threads);
             return;
         }
         if m <= SMALL_DIM || n <= SMALL_DIM || a.cols() <= SMALL_DIM {
