@@ -39,6 +39,11 @@ pub struct Strided<'a> {
 }
 
 impl<'a> Strided<'a> {
+    /// The transpose, without moving data.
+    pub fn t(self) -> Strided<'a> {
+        Strided { rows: self.cols, cols: self.rows, rs: self.cs, cs: self.rs, ..self }
+    }
+
     /// Columns `range` of this matrix.
     pub fn cols_range(self, range: Range<usize>) -> Strided<'a> {
         let start = (range.start * self.cs).min(self.data.len());
@@ -57,70 +62,51 @@ thread_local! {
     static PACKS: RefCell<(Vec<f32>, Vec<f32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
 }
 
-/// Packs `A[rows, ks]` into row panels: panel `q`, step `p`, row `r` at `(q·kb + p)·MR + r`.
-fn pack_a(a: &Strided<'_>, rows: Range<usize>, ks: Range<usize>, out: &mut [f32]) {
+/// Packs `M[rows, ks]` into panels of `W` rows: panel `q`, step `p`, row `r` at
+/// `(q·kb + p)·W + r`; rows past the end are zero. Row panels of `A` are `W = MR`; column panels
+/// of `B` are the same thing on `Bᵀ` with `W = NR`.
+fn pack_panels<const W: usize>(m: &Strided<'_>, rows: Range<usize>, ks: Range<usize>, out: &mut [f32]) {
     let kb = ks.len();
-    for (q, panel) in out.chunks_exact_mut(kb * MR).take(rows.len().div_ceil(MR)).enumerate() {
-        let i0 = rows.start + q * MR;
-        let live = MR.min(rows.end - i0);
-        if a.rs == 1 {
-            // Transposed storage: the panel's rows are contiguous for each p.
-            for (p, dst) in ks.clone().zip(panel.chunks_exact_mut(MR)) {
-                let at = i0 + p * a.cs;
-                if live == MR {
-                    // A fixed-size copy compiles to two vector moves instead of a memcpy call.
-                    let src: &[f32; MR] = a.data[at..at + MR].try_into().expect("MR floats");
+    for (q, panel) in out.chunks_exact_mut(kb * W).take(rows.len().div_ceil(W)).enumerate() {
+        let i0 = rows.start + q * W;
+        let live = W.min(rows.end - i0);
+        if m.rs == 1 {
+            // The panel's rows are contiguous for each p.
+            for (p, dst) in ks.clone().zip(panel.chunks_exact_mut(W)) {
+                let at = i0 + p * m.cs;
+                if live == W {
+                    // A fixed-size copy compiles to vector moves instead of a memcpy call.
+                    let src: &[f32; W] = m.data[at..at + W].try_into().expect("W floats");
                     dst.copy_from_slice(src);
                 } else {
-                    dst[..live].copy_from_slice(&a.data[at..at + live]);
+                    dst[..live].copy_from_slice(&m.data[at..at + live]);
                     dst[live..].fill(0.0);
                 }
             }
         } else {
-            for r in 0..MR {
+            for r in 0..W {
                 if r < live {
-                    let row = &a.data[(i0 + r) * a.rs..];
-                    for (p, dst) in ks.clone().zip(panel[r..].iter_mut().step_by(MR)) {
-                        *dst = row[p * a.cs];
+                    let row = &m.data[(i0 + r) * m.rs..];
+                    for (p, dst) in ks.clone().zip(panel[r..].iter_mut().step_by(W)) {
+                        *dst = row[p * m.cs];
                     }
                 } else {
-                    panel[r..].iter_mut().step_by(MR).for_each(|v| *v = 0.0);
+                    panel[r..].iter_mut().step_by(W).for_each(|v| *v = 0.0);
                 }
             }
         }
     }
 }
 
-/// Packs `B[ks, cols]` into column panels: panel `q`, step `p`, column `j` at `(q·kb + p)·NR + j`.
+/// Packs `A[rows, ks]` into row panels of `MR`.
+fn pack_a(a: &Strided<'_>, rows: Range<usize>, ks: Range<usize>, out: &mut [f32]) {
+    pack_panels::<MR>(a, rows, ks, out);
+}
+
+/// Packs `B[ks, cols]` into column panels of `NR`: panel `q`, step `p`, column `j` at
+/// `(q·kb + p)·NR + j`.
 fn pack_b(b: &Strided<'_>, ks: Range<usize>, cols: Range<usize>, out: &mut [f32]) {
-    let kb = ks.len();
-    for (q, panel) in out.chunks_exact_mut(kb * NR).take(cols.len().div_ceil(NR)).enumerate() {
-        let j0 = cols.start + q * NR;
-        let live = NR.min(cols.end - j0);
-        if b.cs == 1 {
-            for (p, dst) in ks.clone().zip(panel.chunks_exact_mut(NR)) {
-                let at = p * b.rs + j0;
-                if live == NR {
-                    let src: &[f32; NR] = b.data[at..at + NR].try_into().expect("NR floats");
-                    dst.copy_from_slice(src);
-                } else {
-                    dst[..live].copy_from_slice(&b.data[at..at + live]);
-                    dst[live..].fill(0.0);
-                }
-            }
-        } else {
-            for j in 0..NR {
-                if j < live {
-                    let col = &b.data[(j0 + j) * b.cs..];
-                    for (p, dst) in ks.clone().zip(panel[j..].iter_mut().step_by(NR)) {
-                        *dst = col[p * b.rs];
-                    }
-                } else {
-                    panel[j..].iter_mut().step_by(NR).for_each(|v| *v = 0.0);
-                }
-            }
-        }
-    }
+    pack_panels::<NR>(&b.t(), cols, ks, out);
 }
 
 /// `B` packed once for many products with different `A` (the tied embedding, used by every row
