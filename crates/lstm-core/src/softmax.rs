@@ -16,6 +16,14 @@ pub fn softmax_in_place(row: &mut [f32]) {
     row.iter_mut().for_each(|v| *v *= inv);
 }
 
+/// The first target outside the vocabulary, as an error.
+fn check_targets(targets: &[u32], vocab: usize) -> Result<(), Error> {
+    match targets.iter().find(|&&t| t as usize >= vocab) {
+        Some(&bad) => Err(Error::TokenOutOfRange { id: bad, vocab }),
+        None => Ok(()),
+    }
+}
+
 /// `log Σ exp(row)`, stable.
 pub fn log_sum_exp(row: &[f32]) -> f32 {
     let max = row_max(row);
@@ -26,13 +34,10 @@ pub fn log_sum_exp(row: &[f32]) -> f32 {
 /// Returns the **sum** of the negative log-likelihoods (so callers can average over any span).
 pub fn cross_entropy_sum(logits: &[f32], vocab: usize, targets: &[u32]) -> Result<f64, Error> {
     check_len("logits", logits.len(), targets.len() * vocab)?;
+    check_targets(targets, vocab)?;
     let mut total = 0.0f64;
     for (row, &t) in logits.chunks_exact(vocab.max(1)).zip(targets) {
-        let t_us = t as usize;
-        if t_us >= vocab {
-            return Err(Error::TokenOutOfRange { id: t, vocab });
-        }
-        total += f64::from(log_sum_exp(row) - row[t_us]);
+        total += f64::from(log_sum_exp(row) - row[t as usize]);
     }
     Ok(total)
 }
@@ -58,9 +63,7 @@ pub fn softmax_cross_entropy_scaled(
     scale: f32,
 ) -> Result<f64, Error> {
     check_len("logits", logits.len(), targets.len() * vocab)?;
-    if let Some(&bad) = targets.iter().find(|&&t| t as usize >= vocab) {
-        return Err(Error::TokenOutOfRange { id: bad, vocab });
-    }
+    check_targets(targets, vocab)?;
     let mut total = 0.0f64;
     for (row, &t) in logits.chunks_exact_mut(vocab.max(1)).zip(targets) {
         total += f64::from(softmax_cross_entropy_row(row, t as usize, scale));
@@ -101,9 +104,7 @@ pub fn softmax_cross_entropy_biased(
     let vocab = bias.len();
     check_len("logits", scores.len(), targets.len() * vocab)?;
     check_len("bias gradient", d_bias.len(), vocab)?;
-    if let Some(&bad) = targets.iter().find(|&&t| t as usize >= vocab) {
-        return Err(Error::TokenOutOfRange { id: bad, vocab });
-    }
+    check_targets(targets, vocab)?;
     let mut total = 0.0f64;
     for (row, &t) in scores.chunks_exact_mut(vocab.max(1)).zip(targets) {
         let max = add_max(row, bias);
@@ -117,12 +118,10 @@ pub fn softmax_cross_entropy_biased(
 pub fn cross_entropy_sum_biased(scores: &[f32], bias: &[f32], targets: &[u32]) -> Result<f64, Error> {
     let vocab = bias.len();
     check_len("logits", scores.len(), targets.len() * vocab)?;
+    check_targets(targets, vocab)?;
     let mut total = 0.0f64;
     for (row, &t) in scores.chunks_exact(vocab.max(1)).zip(targets) {
         let t_us = t as usize;
-        if t_us >= vocab {
-            return Err(Error::TokenOutOfRange { id: t, vocab });
-        }
         // Max of the biased row, then Σ exp, neither storing anything.
         let max = max_of_sums(row, bias);
         let sum = exp_sum_of_sums(row, bias, max);
