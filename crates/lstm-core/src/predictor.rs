@@ -187,12 +187,21 @@ impl<'m, F: AsRef<[f32]> + AsMut<[f32]>, Q: AsRef<[i8]> + AsMut<[i8]>> Predictor
             let (hl, cl) = state[2 * l * h..2 * (l + 1) * h].split_at_mut(h);
             let sx = quantize(x, qx);
             let sh = quantize(hl, qh);
-            for (j, a) in gates.iter_mut().enumerate() {
-                let ax =
-                    dot_i8(&blob.wx[j * h..(j + 1) * h], qx) as f32 * (sx * f32_at(blob.wx_scales, j).unwrap_or(0.0));
-                let ah =
-                    dot_i8(&blob.wh[j * h..(j + 1) * h], qh) as f32 * (sh * f32_at(blob.wh_scales, j).unwrap_or(0.0));
-                *a = ax + ah + f32_at(blob.bias, j).unwrap_or(0.0);
+            // Four gate rows per kernel call (4H is a multiple of 4).
+            for (((rows_x, rows_h), a4), j0) in blob
+                .wx
+                .chunks_exact(4 * h)
+                .zip(blob.wh.chunks_exact(4 * h))
+                .zip(gates.chunks_exact_mut(4))
+                .zip((0..).step_by(4))
+            {
+                let (dx, dh) = (dot_i8_x4(rows_x, qx), dot_i8_x4(rows_h, qh));
+                for (r, a) in a4.iter_mut().enumerate() {
+                    let j = j0 + r;
+                    let ax = dx[r] as f32 * (sx * f32_at(blob.wx_scales, j).unwrap_or(0.0));
+                    let ah = dh[r] as f32 * (sh * f32_at(blob.wh_scales, j).unwrap_or(0.0));
+                    *a = ax + ah + f32_at(blob.bias, j).unwrap_or(0.0);
+                }
             }
             activate_gates(gates);
             update_state(gates, cl, c_new, tanh_c, x);
