@@ -41,7 +41,7 @@ fn main() {
 
     // RAM buffers sized exactly for this model. A file that does not validate still builds:
     // the firmware reports it at boot (and exits non-zero) instead of faulting.
-    type P<'a> = lstm_core::Predictor<'a, Vec<f32>, Vec<i8>>;
+    type P<'a> = lstm_core::Predictor<'a, Vec<f32>, Vec<i32>>;
     let (floats, ints) = match lstm_core::QuantModel::from_bytes(&model) {
         Ok(m) => (P::float_len(&m), P::int_len(&m)),
         Err(e) => {
@@ -51,7 +51,7 @@ fn main() {
     };
     std::fs::write(
         out.join("buffers.rs"),
-        format!("/// f32 storage of the predictor.\npub const FLOAT_LEN: usize = {floats};\n/// i8 storage of the predictor.\npub const INT_LEN: usize = {ints};\n"),
+        format!("/// f32 storage of the predictor.\npub const FLOAT_LEN: usize = {floats};\n/// i32 storage of the predictor.\npub const INT_LEN: usize = {ints};\n"),
     )
     .unwrap();
 

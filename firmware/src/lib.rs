@@ -16,8 +16,16 @@ use panic_probe as _;
 
 pub mod measure;
 
+/// Bytes at a 4-byte-aligned address.
+#[repr(C, align(4))]
+struct Aligned<T: ?Sized>(T);
+
+/// The file at a word-aligned address: the format aligns its weights within the file, so the
+/// Cortex-M4 kernel can load them four words at a time (`LDM`).
+static MODEL_ALIGNED: &Aligned<[u8]> = &Aligned(*include_bytes!(concat!(env!("OUT_DIR"), "/model.lmq8")));
+
 /// The model exported by `host export`, embedded at build time (read in place from flash).
-pub static MODEL: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/model.lmq8"));
+pub static MODEL: &[u8] = &MODEL_ALIGNED.0;
 /// One prompt per line, chosen at build time.
 pub static PROMPTS: &str = include_str!(concat!(env!("OUT_DIR"), "/prompts.txt"));
 

@@ -5,39 +5,49 @@
 //! ```text
 //! offset  size  field
 //! 0       4     magic "LMQ8"
-//! 4       2     format version, u16 little-endian (this code reads 1)
+//! 4       2     format version, u16 little-endian (this code reads 2)
 //! 6       n     payload, postcard-encoded `Payload` (below)
 //! 6+n     4     CRC-32 (IEEE, as zlib/PNG) of bytes 0 .. 6+n, u32 little-endian
 //! ```
 //!
 //! `Payload`, in order (postcard: integers as varints, byte strings as varint length + bytes):
-//! - `header`: vocabulary size V, embedding width D, hidden width H, layer count L, scheme
-//!   (1 = int8 symmetric, one scale per embedding row and per LSTM gate column).
-//! - `embedding`: V × D int8, row-major; `embedding_scales`: V × f32. Row `v` is both the input
-//!   embedding of word `v` and the output weights of logit `v` (tied).
-//! - `layers`: L × { `wx`: 4H × D int8 (row `j` = gate column `j` of `Wx`, so each output is one
-//!   contiguous dot product), `wx_scales`: 4H × f32, `wh`: 4H × H int8, `wh_scales`: 4H × f32,
-//!   `bias`: 4H × f32 }, gate order f, g, i, o. Layers after the first read H-wide inputs.
-//! - `out_bias`: V × f32.
+//! - `header`: vocabulary size V, embedding width D, hidden width H (D = H, even), layer count
+//!   L, scheme (2 = int8 symmetric per row, paired layout, integer logits).
+//! - `pad`: 0–3 zero bytes, so that `weights` starts at a 4-byte-aligned file offset (the
+//!   Cortex-M4 kernel loads four words at a time with `LDM`, which needs aligned addresses).
+//! - `weights`: every int8 matrix in the paired layout of [`crate::quant::paired`], back to
+//!   back: the embedding (V rows, rounded up to even, × D; row `v` is both the input embedding
+//!   of word `v` and the output weights of logit `v`), then per layer `Wx` (4H × D) and `Wh`
+//!   (4H × H), row `j` = gate column `j`, gate order f, g, i, o.
+//! - `logits`: V × (M, B), i32 little-endian: the integer output layer. With the top hidden
+//!   state quantized at the fixed scale 1/127, logit `v` in units of 1/256 nat is
+//!   `y = B + ⌊A·M / 2³²⌋`, where `A` is what the paired sums give for row `v` (256·Σq·x for
+//!   even rows, Σq·x for odd ones; see [`logit_affine`]).
+//! - `layers`: L × { `wx_scales`: 4H × f32, `wh_scales`: 4H × f32, `bias`: 4H × f32 }.
 //! - `word_ends`: V × u32, end offset of each word in `words`; `words`: the vocabulary in id
 //!   order, concatenated, UTF-8.
 //!
-//! Every f32 and u32 is stored as 4 little-endian bytes and decoded by value, so no unaligned
-//! reference is ever formed and the file may sit at any address. [`QuantModel::from_bytes`]
-//! checks everything before use; no input makes it panic, read out of bounds or loop without
-//! bound.
+//! Every f32, i32 and u32 is stored as 4 little-endian bytes and decoded by value, so no
+//! unaligned reference is ever formed and the file may sit at any address (at a word-aligned
+//! one the Cortex-M4 takes its fast path). [`QuantModel::from_bytes`] checks everything before
+//! use; no input makes it panic, read out of bounds or loop without bound.
 
+use crate::exp_table::STEPS_PER_NAT;
 use crate::quant::f32_at;
+use crate::quant::paired::paired_len;
 use serde::{Deserialize, Serialize};
 
 /// First four bytes of a model file.
 pub const MAGIC: [u8; 4] = *b"LMQ8";
 /// The format version this code writes and reads.
-pub const FORMAT_VERSION: u16 = 1;
+pub const FORMAT_VERSION: u16 = 2;
 /// Most LSTM layers a file may hold.
 pub const MAX_LAYERS: usize = 4;
-/// Quantization scheme 1: int8, symmetric, per embedding row and per gate column.
-pub const SCHEME_INT8_PER_ROW: u8 = 1;
+/// Quantization scheme 2: int8, symmetric, per embedding row and per gate column, paired rows,
+/// integer logits.
+pub const SCHEME_INT8_PAIRED: u8 = 2;
+/// Largest |B| of the integer output layer (keeps every logit inside i32).
+pub const MAX_LOGIT_BIAS: i32 = 1 << 30;
 const PREFIX: usize = 6;
 const CRC: crc::Crc<u32> = crc::Crc::<u32>::new(&crc::CRC_32_ISO_HDLC);
 
@@ -61,15 +71,12 @@ pub struct Header {
     pub scheme: u8,
 }
 
-/// One LSTM layer's tensors, borrowed from the file.
+/// One LSTM layer's per-gate scales and biases, borrowed from the file (its weights are in
+/// [`Payload::weights`]).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct LayerBlob<'a> {
-    /// `4H × D_in` int8.
-    pub wx: &'a [u8],
     /// `4H` f32 LE.
     pub wx_scales: &'a [u8],
-    /// `4H × H` int8.
-    pub wh: &'a [u8],
     /// `4H` f32 LE.
     pub wh_scales: &'a [u8],
     /// `4H` f32 LE.
@@ -81,15 +88,15 @@ pub struct LayerBlob<'a> {
 pub struct Payload<'a> {
     /// Shape.
     pub header: Header,
-    /// `V × D` int8.
-    pub embedding: &'a [u8],
-    /// `V` f32 LE.
-    pub embedding_scales: &'a [u8],
-    /// The LSTM layers.
+    /// 0–3 zero bytes aligning `weights` ([`QuantModel::encode`] chooses them).
+    pub pad: &'a [u8],
+    /// All int8 matrices, paired layout: embedding, then `Wx`, `Wh` of each layer.
+    pub weights: &'a [u8],
+    /// `V × (M, B)` i32 LE: the integer output layer.
+    pub logits: &'a [u8],
+    /// The LSTM layers' scales and biases.
     #[serde(borrow)]
     pub layers: heapless::Vec<LayerBlob<'a>, MAX_LAYERS>,
-    /// `V` f32 LE.
-    pub out_bias: &'a [u8],
     /// `V` u32 LE.
     pub word_ends: &'a [u8],
     /// Concatenated words.
@@ -108,6 +115,11 @@ pub enum FormatError {
     BadMagic,
     /// Written by a newer program.
     NewerVersion {
+        /// Version in the file.
+        found: u16,
+    },
+    /// Written by an older program in a layout this one no longer reads.
+    Outdated {
         /// Version in the file.
         found: u16,
     },
@@ -169,6 +181,11 @@ pub enum FormatError {
         /// Element index.
         index: usize,
     },
+    /// A logit multiplier is not positive, or a logit bias exceeds [`MAX_LOGIT_BIAS`].
+    LogitAffine {
+        /// Word id.
+        index: usize,
+    },
     /// Word offsets decrease, overrun the text, or split a UTF-8 character.
     Vocabulary {
         /// Word id.
@@ -185,6 +202,10 @@ impl core::fmt::Display for FormatError {
                 f,
                 "model format version {found} is newer than this program reads ({FORMAT_VERSION}); upgrade it"
             ),
+            FormatError::Outdated { found } => write!(
+                f,
+                "model format version {found} predates the paired int8 layout of version {FORMAT_VERSION}; export the checkpoint again with `host export`"
+            ),
             FormatError::UnknownVersion { found } => write!(f, "unknown model format version {found}"),
             FormatError::Checksum { stored, computed } => write!(
                 f,
@@ -198,7 +219,7 @@ impl core::fmt::Display for FormatError {
             }
             FormatError::BadDimensions { vocab, dim, hidden } => write!(
                 f,
-                "bad dimensions V={vocab} D={dim} H={hidden}: all must be non-zero and D must equal H (tied output)"
+                "bad dimensions V={vocab} D={dim} H={hidden}: all must be non-zero, D must equal H (tied output) and be even (paired int8 rows)"
             ),
             FormatError::Length { what, layer, expected, actual } => match layer {
                 Some(l) => write!(f, "layer {l} {what}: expected {expected} bytes, found {actual}"),
@@ -206,6 +227,9 @@ impl core::fmt::Display for FormatError {
             },
             FormatError::NonFinite { what, index } => {
                 write!(f, "{what}[{index}] is not a finite positive scale or finite bias")
+            }
+            FormatError::LogitAffine { index } => {
+                write!(f, "logit of word {index}: the multiplier must be positive and |bias| at most {MAX_LOGIT_BIAS}")
             }
             FormatError::Vocabulary { index } => write!(f, "vocabulary entry {index} has invalid offsets"),
         }
@@ -246,6 +270,40 @@ fn check_scales(what: &'static str, bytes: &[u8], positive: bool) -> Result<(), 
     Ok(())
 }
 
+/// Bytes of a postcard varint.
+fn varint_len(mut n: usize) -> usize {
+    let mut len = 1;
+    while n >= 0x80 {
+        n >>= 7;
+        len += 1;
+    }
+    len
+}
+
+/// `(M, B)` of word `v` from the `logits` bytes (zeros past the end).
+fn logit_at(logits: &[u8], v: usize) -> (i32, i32) {
+    let word = |i: usize| logits.get(4 * i..4 * i + 4).map_or(0, |b| i32::from_le_bytes([b[0], b[1], b[2], b[3]]));
+    (word(2 * v), word(2 * v + 1))
+}
+
+/// The paired sums give `A = 256·Σq·x` for even rows and `Σq·x` for odd ones (see
+/// [`crate::quant::paired`]), and the top hidden state has scale 1/127: the logit in nats is
+/// `A·scale/127` (÷256 for even rows), so in units of 1/256 nat the multiplier is
+/// `M = scale/127·2³²` (even) or `scale/127·2⁴⁰` (odd). This is `scale / M`.
+fn row_factor(v: usize) -> f32 {
+    if v.is_multiple_of(2) { 127.0 / 4_294_967_296.0 } else { 127.0 / 1_099_511_627_776.0 }
+}
+
+/// `(M, B)` of the integer output layer for embedding row `v` with quantization scale `scale`
+/// and output bias `bias` (nats); `None` when they do not fit it (a scale over 127/512, i.e.
+/// embedding values beyond ±31, or |bias| over 2²² nats).
+pub fn logit_affine(v: usize, scale: f32, bias: f32) -> Option<(i32, i32)> {
+    let m = libm::round(f64::from(scale) / f64::from(row_factor(v)));
+    let b = libm::round(f64::from(bias) * f64::from(STEPS_PER_NAT));
+    let fits = (1.0..=f64::from(i32::MAX)).contains(&m) && b.abs() <= f64::from(MAX_LOGIT_BIAS);
+    fits.then_some((m as i32, b as i32))
+}
+
 impl<'a> QuantModel<'a> {
     /// Validates `bytes` completely and returns a model that borrows from them.
     pub fn from_bytes(bytes: &'a [u8]) -> Result<QuantModel<'a>, FormatError> {
@@ -261,6 +319,9 @@ impl<'a> QuantModel<'a> {
         let version = u16::from_le_bytes([bytes[4], bytes[5]]);
         if version > FORMAT_VERSION {
             return Err(FormatError::NewerVersion { found: version });
+        }
+        if version == 1 {
+            return Err(FormatError::Outdated { found: version });
         }
         if version != FORMAT_VERSION {
             return Err(FormatError::UnknownVersion { found: version });
@@ -281,28 +342,38 @@ impl<'a> QuantModel<'a> {
 
     fn validate(payload: Payload<'a>) -> Result<QuantModel<'a>, FormatError> {
         let h = payload.header;
-        if h.scheme != SCHEME_INT8_PER_ROW {
+        if h.scheme != SCHEME_INT8_PAIRED {
             return Err(FormatError::UnknownScheme { scheme: h.scheme });
         }
         if h.layers == 0 || h.layers as usize > MAX_LAYERS || h.layers as usize != payload.layers.len() {
             return Err(FormatError::LayerCount { header: h.layers, stored: payload.layers.len() });
         }
-        if h.vocab == 0 || h.dim == 0 || h.dim != h.hidden {
+        if h.vocab == 0 || h.dim == 0 || h.dim != h.hidden || !h.dim.is_multiple_of(2) {
             return Err(FormatError::BadDimensions { vocab: h.vocab, dim: h.dim, hidden: h.hidden });
         }
-        let (v, d) = (h.vocab as usize, h.dim as usize);
-        let g = d.checked_mul(4);
-        expect_len("embedding", None, payload.embedding.len(), v.checked_mul(d))?;
-        expect_len("embedding scales", None, payload.embedding_scales.len(), v.checked_mul(4))?;
-        expect_len("output bias", None, payload.out_bias.len(), v.checked_mul(4))?;
+        let (v, d, layers) = (h.vocab as usize, h.dim as usize, h.layers as usize);
+        if payload.pad.len() > 3 {
+            return Err(FormatError::Length {
+                what: "alignment padding",
+                layer: None,
+                expected: 3,
+                actual: payload.pad.len(),
+            });
+        }
+        let weights =
+            paired_len(v, d).zip(paired_len(4 * d, 2 * d)).and_then(|(e, l)| e.checked_add(l.checked_mul(layers)?));
+        expect_len("weights", None, payload.weights.len(), weights)?;
+        expect_len("logits", None, payload.logits.len(), v.checked_mul(8))?;
         expect_len("word offsets", None, payload.word_ends.len(), v.checked_mul(4))?;
-        check_scales("embedding scales", payload.embedding_scales, true)?;
-        check_scales("output bias", payload.out_bias, false)?;
+        for index in 0..v {
+            let (m, b) = logit_at(payload.logits, index);
+            if m <= 0 || b.unsigned_abs() > MAX_LOGIT_BIAS.unsigned_abs() {
+                return Err(FormatError::LogitAffine { index });
+            }
+        }
+        let g = d.checked_mul(4);
         for (l, layer) in payload.layers.iter().enumerate() {
-            let w = g.and_then(|g| g.checked_mul(d));
             let gb = g.and_then(|g| g.checked_mul(4));
-            expect_len("wx", Some(l), layer.wx.len(), w)?;
-            expect_len("wh", Some(l), layer.wh.len(), w)?;
             expect_len("wx scales", Some(l), layer.wx_scales.len(), gb)?;
             expect_len("wh scales", Some(l), layer.wh_scales.len(), gb)?;
             expect_len("bias", Some(l), layer.bias.len(), gb)?;
@@ -322,7 +393,7 @@ impl<'a> QuantModel<'a> {
         if start != payload.words.len() {
             return Err(FormatError::Vocabulary { index: v - 1 });
         }
-        Ok(QuantModel { payload, vocab: v, dim: d, layers: h.layers as usize })
+        Ok(QuantModel { payload, vocab: v, dim: d, layers })
     }
 
     /// Vocabulary size V.
@@ -365,30 +436,56 @@ impl<'a> QuantModel<'a> {
         (0..self.vocab as u32).find(|&id| self.word(id) == Some(word))
     }
 
-    /// Int8 row `v` of the embedding and its scale.
-    pub fn embedding_row(&self, v: usize) -> (&'a [u8], f32) {
-        let d = self.dim;
-        (&self.payload.embedding[v * d..(v + 1) * d], f32_at(self.payload.embedding_scales, v).unwrap_or(0.0))
+    /// The embedding in the paired layout (V rows rounded up to even, × D).
+    pub fn embedding(&self) -> &'a [u8] {
+        &self.payload.weights[..self.embedding_len()]
     }
 
-    /// Output bias of word `v`.
-    pub fn out_bias(&self, v: usize) -> f32 {
-        f32_at(self.payload.out_bias, v).unwrap_or(0.0)
+    fn embedding_len(&self) -> usize {
+        self.vocab.div_ceil(2) * 2 * self.dim
     }
 
-    /// Layer `l`'s tensors.
+    /// Layer `l`'s `Wx` and `Wh` (4H rows each), paired layout.
+    pub fn layer_weights(&self, l: usize) -> (&'a [u8], &'a [u8]) {
+        let m = 4 * self.dim * self.dim;
+        let at = self.embedding_len() + l * 2 * m;
+        self.payload.weights[at..at + 2 * m].split_at(m)
+    }
+
+    /// Layer `l`'s scales and biases.
     pub fn layer(&self, l: usize) -> &LayerBlob<'a> {
         &self.payload.layers[l]
     }
 
-    /// Bytes the file takes: prefix + payload + CRC.
+    /// `(M, B)` of logit `v`: `y = B + ⌊A·M / 2³²⌋` in units of 1/256 nat.
+    pub fn logit_affine(&self, v: usize) -> (i32, i32) {
+        logit_at(self.payload.logits, v)
+    }
+
+    /// Scale of embedding row `v` (as an input, `x = scale·q`), recovered from its multiplier.
+    pub fn embedding_scale(&self, v: usize) -> f32 {
+        self.logit_affine(v).0 as f32 * row_factor(v)
+    }
+
+    /// Output bias of word `v` in nats (exact to 1/512 nat).
+    pub fn out_bias(&self, v: usize) -> f32 {
+        self.logit_affine(v).1 as f32 / STEPS_PER_NAT as f32
+    }
+
+    /// Writes the file for `payload` into `out` and returns its length. `payload.pad` is
+    /// replaced by the zero bytes that align `weights` to 4 bytes.
     pub fn encode(payload: &Payload<'_>, out: &mut [u8]) -> Result<usize, FormatError> {
         if out.len() < PREFIX + 4 {
             return Err(FormatError::TooShort { len: out.len() });
         }
         out[..4].copy_from_slice(&MAGIC);
         out[4..6].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
-        let n = postcard::to_slice(payload, &mut out[PREFIX..]).map_err(|_| FormatError::Decode)?.len();
+        // Offset of the weight bytes: prefix, header, pad length (one byte), pad, weights length.
+        let header = postcard::to_slice(&payload.header, &mut out[PREFIX..]).map_err(|_| FormatError::Decode)?.len();
+        let before = PREFIX + header + 1 + varint_len(payload.weights.len());
+        let pad = &[0u8; 3][..(4 - before % 4) % 4];
+        let aligned = Payload { pad, ..payload.clone() };
+        let n = postcard::to_slice(&aligned, &mut out[PREFIX..]).map_err(|_| FormatError::Decode)?.len();
         let end = PREFIX + n;
         if out.len() < end + 4 {
             return Err(FormatError::TooShort { len: out.len() });

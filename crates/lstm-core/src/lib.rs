@@ -27,6 +27,7 @@ pub mod cell;
 pub mod dropout;
 pub mod embedding;
 pub mod exp;
+pub mod exp_table;
 pub mod format;
 pub mod gemm;
 pub mod layer;

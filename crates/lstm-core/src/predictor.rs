@@ -1,17 +1,28 @@
 //! Next-word prediction with the int8 model, one token at a time, without a heap.
 //!
-//! RAM is the (h, c) state of every layer plus a few H-wide scratch vectors and the `K` best
-//! candidates: independent of the vocabulary size. The output layer is computed one vocabulary
-//! row at a time, read straight from the model bytes, with an online log-sum-exp.
+//! RAM is the (h, c) state of every layer, a few H-wide scratch vectors, two packed int16
+//! activation vectors and the `K` best candidates: independent of the vocabulary size. The
+//! output layer is computed one vocabulary pair at a time, read straight from the model bytes.
 //!
-//! Per layer and step: `x` and `h` are quantized per vector (int8, one scale each), every gate
-//! pre-activation is `A_j = (Σ q_x·Wx_j)·(s_x·s_j) + (Σ q_h·Wh_j)·(s_h·s'_j) + b_j` with exact
-//! i32 sums, and the gate math is `lstm-core`'s [`activate_gates`] / [`update_state`].
+//! Per layer and step, the input (layer 0: the embedding row's int8 values and its scale;
+//! above: the layer below's `h`) and `h` are quantized at the fixed scale 1/127 (they lie in
+//! (−1, 1)), packed as int16 pairs, and every gate pre-activation is
+//! `A_j = (Σ q_x·Wx_j)·(s_x·s_j) + (Σ q_h·Wh_j)·(s'_j/127) + b_j` with exact integer sums
+//! ([`crate::quant::paired`]); the gate math is `lstm-core`'s [`activate_gates`] /
+//! [`update_state`].
+//!
+//! The output layer is integer-only: logit `v` in units of 1/256 nat is
+//! `y = B + ⌊A·M / 2³²⌋` (see [`crate::format`]), and the softmax is taken over these quantized
+//! logits with the exact table `e^(−d/256)` of [`crate::exp_table`]: per word one multiply, one
+//! compare and one table read, no floating point, the same bits on every target. Quantizing a
+//! logit to 1/256 nat moves a probability by at most 0.2 %, far below the int8 weights' effect.
 
 use crate::Rng;
 use crate::cell::{activate_gates, update_state};
+use crate::exp_table::{ONE, STEPS_PER_NAT, exp_neg};
 use crate::format::QuantModel;
-use crate::quant::{dot_i8, dot_i8_x4, f32_at, quantize};
+use crate::quant::paired::{pack_activations, pair_sums, pair_sums_wide, paired_weight, segments};
+use crate::quant::{UNIT_SCALE, f32_at, quantize_unit};
 use crate::sampling::GumbelMax;
 use core::cmp::Ordering;
 
@@ -59,10 +70,11 @@ pub struct Candidate {
     pub logit: f32,
 }
 
-/// Min-heap entry ordered by logit (ties: the smaller id ranks higher, as a stable sort would).
+/// Min-heap entry ordered by integer logit (ties: the smaller id ranks higher, as a stable
+/// sort would).
 #[derive(Debug, Clone, Copy)]
 struct Ranked {
-    logit: f32,
+    logit: i32,
     id: u32,
 }
 
@@ -79,58 +91,104 @@ impl PartialOrd for Ranked {
 }
 impl Ord for Ranked {
     fn cmp(&self, other: &Self) -> Ordering {
-        self.logit.total_cmp(&other.logit).then_with(|| other.id.cmp(&self.id))
+        self.logit.cmp(&other.logit).then_with(|| other.id.cmp(&self.id))
     }
 }
 
-/// Running `log Σ exp` over a stream of values.
+/// Running `Σ e^(y−R)` over a stream of integer logits (1/256 nat), `R` the maximum so far,
+/// as a Q31 sum in u64: exact integer arithmetic, so every target agrees to the bit.
 #[derive(Debug, Clone, Copy)]
-struct OnlineLse {
-    max: f32,
-    sum: f32,
+struct IntLse {
+    max: i32,
+    sum: u64,
 }
 
-impl OnlineLse {
+impl IntLse {
     fn new() -> Self {
-        OnlineLse { max: f32::NEG_INFINITY, sum: 0.0 }
+        IntLse { max: i32::MIN, sum: 0 }
     }
-    fn push(&mut self, z: f32) {
-        if z > self.max {
-            self.sum = self.sum * crate::exp::exp(self.max - z) + 1.0;
-            self.max = z;
+
+    #[inline(always)]
+    fn push(&mut self, y: i32) {
+        if y > self.max {
+            self.new_max(y);
         } else {
-            self.sum += crate::exp::exp(z - self.max);
+            self.sum += u64::from(exp_neg(self.max.wrapping_sub(y) as u32));
         }
     }
-    fn value(&self) -> f32 {
-        self.max + libm::logf(self.sum)
+
+    /// Rescales the terms so far to the new maximum, `sum·e^(−(y−R)/256)` rounded, and adds
+    /// the new term (1).
+    #[inline(always)]
+    fn new_max(&mut self, y: i32) {
+        let scale = u128::from(exp_neg(y.wrapping_sub(self.max) as u32));
+        self.sum = ((u128::from(self.sum) * scale + (1 << 30)) >> 31) as u64 + u64::from(ONE);
+        self.max = y;
     }
+
+    /// Probability of logit `y` (≤ the maximum).
+    fn prob(&self, y: i32) -> f32 {
+        exp_neg(self.max.wrapping_sub(y) as u32) as f32 / self.sum as f32
+    }
+
+    /// Natural log-probability of logit `y`, with the exact (not tabulated) numerator.
+    fn log_prob(&self, y: i32) -> f32 {
+        let d = f64::from(y) - f64::from(self.max);
+        (d / f64::from(STEPS_PER_NAT) - libm::log(self.sum as f64 / f64::from(ONE))) as f32
+    }
+}
+
+/// `B + ⌊A·M / 2³²⌋` for a one-segment row (cannot overflow: |A| ≤ 2³⁰, M < 2³¹,
+/// |B| ≤ 2³⁰).
+#[inline(always)]
+fn logit_narrow(a: i32, (m, b): (i32, i32)) -> i32 {
+    b.wrapping_add(((i64::from(a) * i64::from(m)) >> 32) as i32)
+}
+
+/// The same for wider rows, saturated to i32 (equal to [`logit_narrow`] wherever that applies).
+fn logit_wide(a: i64, (m, b): (i32, i32)) -> i32 {
+    let y = i128::from(b) + ((i128::from(a) * i128::from(m)) >> 32);
+    y.clamp(i128::from(i32::MIN), i128::from(i32::MAX)) as i32
+}
+
+/// `(M, B)` of two consecutive rows from 16 `logits` bytes.
+#[inline(always)]
+fn affine_pair(bytes: &[u8; 16]) -> [(i32, i32); 2] {
+    let w = |i: usize| i32::from_le_bytes([bytes[4 * i], bytes[4 * i + 1], bytes[4 * i + 2], bytes[4 * i + 3]]);
+    [(w(0), w(1)), (w(2), w(3))]
 }
 
 /// The quantized model with its state.
 ///
-/// `F` holds `f32` storage of [`Predictor::float_len`] elements, `Q` holds `i8` storage of
+/// `F` holds `f32` storage of [`Predictor::float_len`] elements, `Q` holds `i32` storage of
 /// [`Predictor::int_len`]: arrays on a microcontroller, `Vec`s on a host.
 #[derive(Debug)]
 pub struct Predictor<'m, F, Q> {
     model: QuantModel<'m>,
     floats: F,
     ints: Q,
-    /// Scale of the quantized top hidden vector (valid when `fed`).
-    top_scale: f32,
     fed: bool,
 }
 
-impl<'m, F: AsRef<[f32]> + AsMut<[f32]>, Q: AsRef<[i8]> + AsMut<[i8]>> Predictor<'m, F, Q> {
+/// Natural sums `[A_even, A_odd]` of one pair (`A_even` = 256·Σq·x), any width.
+#[inline(always)]
+fn sums(pair: &[u8], x: &[i32], offsets: &[i32]) -> [i64; 2] {
+    match offsets {
+        [k] => pair_sums(pair, x, *k).map(i64::from),
+        _ => pair_sums_wide(pair, x, offsets),
+    }
+}
+
+impl<'m, F: AsRef<[f32]> + AsMut<[f32]>, Q: AsRef<[i32]> + AsMut<[i32]>> Predictor<'m, F, Q> {
     /// `f32` storage needed: `2·L·H` state + `D` input + `4H` gates + `2H` scratch.
     pub fn float_len(model: &QuantModel<'_>) -> usize {
         let h = model.dim();
         2 * model.layers() * h + h + 4 * h + 2 * h
     }
 
-    /// `i8` storage needed: two H-wide quantized vectors.
+    /// `i32` storage needed: two packed int16 vectors of H/2 words and their segment offsets.
     pub fn int_len(model: &QuantModel<'_>) -> usize {
-        2 * model.dim()
+        2 * (model.dim() / 2 + segments(model.dim()))
     }
 
     /// A predictor with zero state over `model`.
@@ -144,7 +202,7 @@ impl<'m, F: AsRef<[f32]> + AsMut<[f32]>, Q: AsRef<[i8]> + AsMut<[i8]>> Predictor
         }
         floats.as_mut().fill(0.0);
         ints.as_mut().fill(0);
-        Ok(Predictor { model, floats, ints, top_scale: 1.0, fed: false })
+        Ok(Predictor { model, floats, ints, fed: false })
     }
 
     /// The model.
@@ -177,30 +235,31 @@ impl<'m, F: AsRef<[f32]> + AsMut<[f32]>, Q: AsRef<[i8]> + AsMut<[i8]>> Predictor
         let (x, scratch) = scratch.split_at_mut(h);
         let (gates, scratch) = scratch.split_at_mut(4 * h);
         let (c_new, tanh_c) = scratch.split_at_mut(h);
-        let (qx, qh) = self.ints.as_mut().split_at_mut(h);
-        let (row, scale) = self.model.embedding_row(token as usize);
-        for (xi, &q) in x.iter_mut().zip(row) {
-            *xi = f32::from(q as i8) * scale;
-        }
+        let (xq, hq, xk, hk) = split_ints(self.ints.as_mut(), h);
+        let emb = self.model.embedding();
+        let token = token as usize;
+        pack_activations((0..h).map(|j| i16::from(paired_weight(emb, h, token, j).unwrap_or(0))), xq, xk);
+        let mut sx = self.model.embedding_scale(token);
         for l in 0..layers {
+            let (wx, wh) = self.model.layer_weights(l);
             let blob = self.model.layer(l);
             let (hl, cl) = state[2 * l * h..2 * (l + 1) * h].split_at_mut(h);
-            let sx = quantize(x, qx);
-            let sh = quantize(hl, qh);
-            // Four gate rows per kernel call (4H is a multiple of 4).
-            for (((rows_x, rows_h), a4), j0) in blob
-                .wx
-                .chunks_exact(4 * h)
-                .zip(blob.wh.chunks_exact(4 * h))
-                .zip(gates.chunks_exact_mut(4))
-                .zip((0..).step_by(4))
+            if l > 0 {
+                pack_activations(x.iter().map(|&v| quantize_unit(v)), xq, xk);
+                sx = UNIT_SCALE;
+            }
+            pack_activations(hl.iter().map(|&v| quantize_unit(v)), hq, hk);
+            // Two gate rows per pair; even rows' sums carry a factor 256 (exact shift).
+            for (((px, ph), a2), j0) in
+                wx.chunks_exact(2 * h).zip(wh.chunks_exact(2 * h)).zip(gates.chunks_exact_mut(2)).zip((0..).step_by(2))
             {
-                let (dx, dh) = (dot_i8_x4(rows_x, qx), dot_i8_x4(rows_h, qh));
-                for (r, a) in a4.iter_mut().enumerate() {
+                let (ax, ah) = (sums(px, xq, xk), sums(ph, hq, hk));
+                for (r, a) in a2.iter_mut().enumerate() {
                     let j = j0 + r;
-                    let ax = dx[r] as f32 * (sx * f32_at(blob.wx_scales, j).unwrap_or(0.0));
-                    let ah = dh[r] as f32 * (sh * f32_at(blob.wh_scales, j).unwrap_or(0.0));
-                    *a = ax + ah + f32_at(blob.bias, j).unwrap_or(0.0);
+                    let shift = if r == 0 { 8 } else { 0 };
+                    let dx = (ax[r] >> shift) as f32 * (sx * f32_at(blob.wx_scales, j).unwrap_or(0.0));
+                    let dh = (ah[r] >> shift) as f32 * (UNIT_SCALE * f32_at(blob.wh_scales, j).unwrap_or(0.0));
+                    *a = dx + dh + f32_at(blob.bias, j).unwrap_or(0.0);
                 }
             }
             activate_gates(gates);
@@ -208,41 +267,57 @@ impl<'m, F: AsRef<[f32]> + AsMut<[f32]>, Q: AsRef<[i8]> + AsMut<[i8]>> Predictor
             cl.copy_from_slice(c_new);
             hl.copy_from_slice(x);
         }
-        // Quantize the top hidden state once for the V output rows.
-        self.top_scale = quantize(x, qx);
+        // The top hidden state, quantized once for the V output rows.
+        pack_activations(x.iter().map(|&v| quantize_unit(v)), xq, xk);
         self.fed = true;
         Ok(())
     }
 
-    /// Logit of word `v` for the current context.
-    fn logit(&self, v: usize) -> f32 {
+    /// The packed top hidden state and its segment offsets.
+    fn top(&self) -> (&[i32], &[i32]) {
         let h = self.model.dim();
-        let (row, scale) = self.model.embedding_row(v);
-        dot_i8(row, &self.ints.as_ref()[..h]) as f32 * (self.top_scale * scale) + self.model.out_bias(v)
+        let ints = self.ints.as_ref();
+        let (xq, rest) = ints.split_at(h / 2);
+        (xq, &rest[h / 2..h / 2 + segments(h)])
     }
 
-    /// Calls `f(v, logit)` for every word in order, four rows per kernel call. Walks the
-    /// embedding, its scales and the output bias as zipped fixed-size chunks, so the loop
-    /// carries no index arithmetic or bounds checks.
-    #[inline]
-    fn for_each_logit(&self, mut f: impl FnMut(usize, f32)) {
+    /// Integer logit (1/256 nat) of word `v` for the current context.
+    fn logit(&self, v: usize) -> i32 {
+        let h = self.model.dim();
+        let (x, offsets) = self.top();
+        let pair = &self.model.embedding()[(v / 2) * 2 * h..(v / 2 + 1) * 2 * h];
+        logit_wide(sums(pair, x, offsets)[v % 2], self.model.logit_affine(v))
+    }
+
+    /// Calls `f(v, y)` with the integer logit `y` (1/256 nat) of every word in order, one pair
+    /// of rows per kernel call, walking the embedding and the `(M, B)` table as zipped
+    /// fixed-size chunks: no index arithmetic or bounds checks in the loop.
+    #[inline(always)]
+    fn for_each_logit(&self, mut f: impl FnMut(usize, i32)) {
         let (vocab, h) = (self.model.vocab(), self.model.dim());
-        let q = &self.ints.as_ref()[..h];
-        let p = self.model.payload();
-        let top = self.top_scale;
-        let groups =
-            p.embedding.chunks_exact(4 * h).zip(p.embedding_scales.chunks_exact(16)).zip(p.out_bias.chunks_exact(16));
+        let (x, offsets) = self.top();
+        let pairs = vocab / 2;
+        let affine = self.model.payload().logits.as_chunks::<16>().0.iter();
         let mut v = 0;
-        for ((rows, scales), biases) in groups {
-            let dots = dot_i8_x4(rows, q);
-            for r in 0..4 {
-                let scale =
-                    f32::from_le_bytes([scales[4 * r], scales[4 * r + 1], scales[4 * r + 2], scales[4 * r + 3]]);
-                let bias = f32::from_le_bytes([biases[4 * r], biases[4 * r + 1], biases[4 * r + 2], biases[4 * r + 3]]);
-                f(v + r, dots[r] as f32 * (top * scale) + bias);
+        let rows = self.model.embedding()[..pairs * 2 * h].chunks_exact(2 * h);
+        if let [k] = offsets {
+            for (pair, aff) in rows.zip(affine) {
+                let [a0, a1] = pair_sums(pair, x, *k);
+                let [m0, m1] = affine_pair(aff);
+                f(v, logit_narrow(a0, m0));
+                f(v + 1, logit_narrow(a1, m1));
+                v += 2;
             }
-            v += 4;
+        } else {
+            for (pair, aff) in rows.zip(affine) {
+                let [a0, a1] = pair_sums_wide(pair, x, offsets);
+                let [m0, m1] = affine_pair(aff);
+                f(v, logit_wide(a0, m0));
+                f(v + 1, logit_wide(a1, m1));
+                v += 2;
+            }
         }
+        // An odd vocabulary's last word has no partner in the (M, B) table.
         for v in v..vocab {
             f(v, self.logit(v));
         }
@@ -254,23 +329,22 @@ impl<'m, F: AsRef<[f32]> + AsMut<[f32]>, Q: AsRef<[i8]> + AsMut<[i8]>> Predictor
         if !self.fed {
             return Err(PredictError::NoContext);
         }
-        let mut lse = OnlineLse::new();
+        let mut lse = IntLse::new();
         let mut heap: heapless::BinaryHeap<core::cmp::Reverse<Ranked>, heapless::binary_heap::Max, K> =
             heapless::BinaryHeap::new();
-        self.for_each_logit(|v, z| {
-            lse.push(z);
-            let item = core::cmp::Reverse(Ranked { logit: z, id: v as u32 });
-            if heap.len() < K {
-                let _ = heap.push(item);
-            } else if heap.peek().is_some_and(|worst| item < *worst) {
-                let _ = heap.pop();
-                let _ = heap.push(item);
+        // Until the heap is full every word enters; then only one with a logit above the
+        // worst kept one (a tie loses: its id is larger). The first word always enters.
+        let mut threshold = i32::MIN;
+        self.for_each_logit(|v, y| {
+            lse.push(y);
+            if heap.len() < K || y > threshold {
+                threshold = admit(&mut heap, Ranked { logit: y, id: v as u32 });
             }
         });
-        let log_z = lse.value();
         let mut out: heapless::Vec<Candidate, K> = heapless::Vec::new();
         while let Some(core::cmp::Reverse(r)) = heap.pop() {
-            let _ = out.push(Candidate { id: r.id, logit: r.logit, prob: crate::exp::exp(r.logit - log_z) });
+            let logit = r.logit as f32 / STEPS_PER_NAT as f32;
+            let _ = out.push(Candidate { id: r.id, logit, prob: lse.prob(r.logit) });
         }
         out.reverse();
         Ok(out)
@@ -284,9 +358,9 @@ impl<'m, F: AsRef<[f32]> + AsMut<[f32]>, Q: AsRef<[i8]> + AsMut<[i8]>> Predictor
         if target as usize >= self.model.vocab() {
             return Err(PredictError::Token { id: target, vocab: self.model.vocab() });
         }
-        let mut lse = OnlineLse::new();
-        self.for_each_logit(|_, z| lse.push(z));
-        Ok(self.logit(target as usize) - lse.value())
+        let mut lse = IntLse::new();
+        self.for_each_logit(|_, y| lse.push(y));
+        Ok(lse.log_prob(self.logit(target as usize)))
     }
 
     /// Draws the next word from softmax(logits / `temperature`) in one pass
@@ -296,7 +370,29 @@ impl<'m, F: AsRef<[f32]> + AsMut<[f32]>, Q: AsRef<[i8]> + AsMut<[i8]>> Predictor
             return Err(PredictError::NoContext);
         }
         let mut choice = GumbelMax::new(temperature);
-        self.for_each_logit(|v, z| choice.push(v as u32, z, rng));
+        self.for_each_logit(|v, y| choice.push(v as u32, y as f32 / STEPS_PER_NAT as f32, rng));
         Ok(choice.winner())
     }
+}
+
+/// Puts `item` into the top-`K` heap (dropping the worst when full) and returns the logit a
+/// later word must exceed to enter: `i32::MIN` while the heap has room.
+#[inline(always)]
+fn admit<const K: usize>(
+    heap: &mut heapless::BinaryHeap<core::cmp::Reverse<Ranked>, heapless::binary_heap::Max, K>,
+    item: Ranked,
+) -> i32 {
+    if heap.len() == K {
+        let _ = heap.pop();
+    }
+    let _ = heap.push(core::cmp::Reverse(item));
+    if heap.len() == K { heap.peek().map_or(i32::MIN, |w| w.0.logit) } else { i32::MIN }
+}
+
+/// `ints` → packed input, packed hidden state, and their segment offsets.
+fn split_ints(ints: &mut [i32], h: usize) -> (&mut [i32], &mut [i32], &mut [i32], &mut [i32]) {
+    let (xq, rest) = ints.split_at_mut(h / 2);
+    let (hq, rest) = rest.split_at_mut(h / 2);
+    let (xk, hk) = rest.split_at_mut(segments(h));
+    (xq, hq, xk, hk)
 }

@@ -2,20 +2,22 @@
 //! panic on arbitrary bytes, and top-k against a full-softmax reference.
 
 use lstm_core::format::{
-    FORMAT_VERSION, FormatError, Header, LayerBlob, MAGIC, Payload, QuantModel, SCHEME_INT8_PER_ROW,
+    FORMAT_VERSION, FormatError, Header, LayerBlob, MAGIC, Payload, QuantModel, SCHEME_INT8_PAIRED, logit_affine,
 };
-use lstm_core::quant::{dot_i8, quantize};
+use lstm_core::quant::paired::{encode_paired, paired_len, paired_weight};
+use lstm_core::quant::{quantize, quantize_unit};
 use lstm_core::{Predictor, Rng};
 use proptest::prelude::*;
+
+type P<'a> = Predictor<'a, Vec<f32>, Vec<i32>>;
 
 /// Owned tensors of a random model with V words, width D, L layers.
 struct Tensors {
     v: usize,
     d: usize,
-    emb: Vec<u8>,
-    emb_scales: Vec<u8>,
-    layers: Vec<[Vec<u8>; 5]>,
-    out_bias: Vec<u8>,
+    weights: Vec<u8>,
+    logits: Vec<u8>,
+    layers: Vec<[Vec<u8>; 3]>,
     word_ends: Vec<u8>,
     words: String,
 }
@@ -24,44 +26,51 @@ fn le(xs: impl IntoIterator<Item = f32>) -> Vec<u8> {
     xs.into_iter().flat_map(f32::to_le_bytes).collect()
 }
 
-fn quantized_rows(rng: &mut Rng, rows: usize, cols: usize, std: f32) -> (Vec<u8>, Vec<u8>) {
-    let mut q = vec![0i8; cols];
-    let mut data = Vec::new();
+/// Random rows quantized per row, appended to `weights` in the paired layout; returns the scales.
+fn quantized_rows(rng: &mut Rng, rows: usize, cols: usize, std: f32, weights: &mut Vec<u8>) -> Vec<f32> {
+    let mut q = vec![0i8; rows * cols];
     let mut scales = Vec::new();
-    for _ in 0..rows {
+    for r in 0..rows {
         let row: Vec<f32> = (0..cols).map(|_| rng.normal() * std).collect();
-        scales.push(quantize(&row, &mut q));
-        data.extend(q.iter().map(|&x| x as u8));
+        scales.push(quantize(&row, &mut q[r * cols..(r + 1) * cols]));
     }
-    (data, le(scales))
+    let at = weights.len();
+    weights.resize(at + paired_len(rows, cols).unwrap(), 0);
+    encode_paired(&q, rows, cols, &mut weights[at..]);
+    scales
 }
 
 impl Tensors {
     fn random(v: usize, d: usize, layers: usize, seed: u64) -> Tensors {
         let mut rng = Rng::new(seed);
-        let (emb, emb_scales) = quantized_rows(&mut rng, v, d, 0.5);
+        let mut weights = Vec::new();
+        let emb_scales = quantized_rows(&mut rng, v, d, 0.5, &mut weights);
         let layers = (0..layers)
             .map(|_| {
-                let (wx, wxs) = quantized_rows(&mut rng, 4 * d, d, 0.6);
-                let (wh, whs) = quantized_rows(&mut rng, 4 * d, d, 0.6);
-                let b = le((0..4 * d).map(|_| rng.normal() * 0.1));
-                [wx, wxs, wh, whs, b]
+                let wxs = quantized_rows(&mut rng, 4 * d, d, 0.6, &mut weights);
+                let whs = quantized_rows(&mut rng, 4 * d, d, 0.6, &mut weights);
+                [le(wxs), le(whs), le((0..4 * d).map(|_| rng.normal() * 0.1))]
             })
             .collect();
-        let out_bias = le((0..v).map(|_| rng.normal() * 0.1));
+        let logits = (0..v)
+            .flat_map(|i| {
+                let (m, b) = logit_affine(i, emb_scales[i], rng.normal() * 0.1).unwrap();
+                [m.to_le_bytes(), b.to_le_bytes()].concat()
+            })
+            .collect();
         let mut words = String::new();
         let mut word_ends = Vec::new();
         for i in 0..v {
             words.push_str(&format!("w{i}é"));
             word_ends.extend((words.len() as u32).to_le_bytes());
         }
-        Tensors { v, d, emb, emb_scales, layers, out_bias, word_ends, words }
+        Tensors { v, d, weights, logits, layers, word_ends, words }
     }
 
     fn payload(&self) -> Payload<'_> {
         let mut layers = heapless::Vec::new();
-        for [wx, wx_scales, wh, wh_scales, bias] in &self.layers {
-            layers.push(LayerBlob { wx, wx_scales, wh, wh_scales, bias }).unwrap();
+        for [wx_scales, wh_scales, bias] in &self.layers {
+            layers.push(LayerBlob { wx_scales, wh_scales, bias }).unwrap();
         }
         Payload {
             header: Header {
@@ -69,19 +78,20 @@ impl Tensors {
                 dim: self.d as u32,
                 hidden: self.d as u32,
                 layers: self.layers.len() as u32,
-                scheme: SCHEME_INT8_PER_ROW,
+                scheme: SCHEME_INT8_PAIRED,
             },
-            embedding: &self.emb,
-            embedding_scales: &self.emb_scales,
+            pad: &[],
+            weights: &self.weights,
+            logits: &self.logits,
             layers,
-            out_bias: &self.out_bias,
             word_ends: &self.word_ends,
             words: &self.words,
         }
     }
 
     fn file_with(&self, payload: &Payload<'_>) -> Vec<u8> {
-        let mut buf = vec![0u8; self.emb.len() * 2 + 100_000];
+        let mut buf =
+            vec![0u8; self.weights.len() + self.logits.len() + self.word_ends.len() + self.words.len() + 100_000];
         let n = QuantModel::encode(payload, &mut buf).unwrap();
         buf.truncate(n);
         buf
@@ -92,6 +102,10 @@ impl Tensors {
     }
 }
 
+fn predictor<'m>(m: &QuantModel<'m>) -> P<'m> {
+    Predictor::new(m.clone(), vec![0.0; P::float_len(m)], vec![0; P::int_len(m)]).unwrap()
+}
+
 #[test]
 fn round_trip_borrows_the_tensors() {
     let t = Tensors::random(37, 8, 2, 1);
@@ -99,13 +113,22 @@ fn round_trip_borrows_the_tensors() {
     assert_eq!(bytes[..4], MAGIC);
     let m = QuantModel::from_bytes(&bytes).unwrap();
     assert_eq!((m.vocab(), m.dim(), m.layers()), (37, 8, 2));
-    assert_eq!(m.payload(), &t.payload());
+    // Everything but the alignment padding, which `encode` chooses.
+    assert_eq!(m.payload(), &Payload { pad: m.payload().pad, ..t.payload() });
     assert_eq!(m.word(5), Some("w5é"));
     assert_eq!(m.word(37), None);
     assert_eq!(m.token("w36é"), Some(36));
-    // Zero-copy: the embedding slice points into the file bytes.
-    let emb = m.payload().embedding.as_ptr() as usize;
-    assert!(emb >= bytes.as_ptr() as usize && emb < bytes.as_ptr() as usize + bytes.len());
+    // Zero-copy: the weights point into the file bytes, at a 4-byte-aligned offset.
+    let weights = m.payload().weights.as_ptr() as usize;
+    assert!(weights >= bytes.as_ptr() as usize && weights < bytes.as_ptr() as usize + bytes.len());
+    assert_eq!((weights - bytes.as_ptr() as usize) % 4, 0);
+    // Odd V, and every header size: the padding always aligns the weights.
+    for (v, d) in [(1, 2), (3, 2), (200, 6), (70_000, 2)] {
+        let t = Tensors::random(v, d, 1, 9);
+        let bytes = t.file();
+        let m = QuantModel::from_bytes(&bytes).unwrap();
+        assert_eq!((m.payload().weights.as_ptr() as usize - bytes.as_ptr() as usize) % 4, 0, "V={v} D={d}");
+    }
 }
 
 fn reencode(bytes: &mut [u8]) {
@@ -128,6 +151,10 @@ fn every_refusal_has_its_own_error() {
     let mut zero = good.clone();
     zero[4..6].copy_from_slice(&0u16.to_le_bytes());
     assert_eq!(err(&zero), FormatError::UnknownVersion { found: 0 });
+    let mut old = good.clone();
+    old[4..6].copy_from_slice(&1u16.to_le_bytes());
+    assert_eq!(err(&old), FormatError::Outdated { found: 1 });
+    assert!(err(&old).to_string().contains("export the checkpoint again"));
     assert!(matches!(err(&good[..good.len() - 9]), FormatError::Checksum { .. }));
     let mut flipped = good.clone();
     flipped[30] ^= 4;
@@ -147,15 +174,39 @@ fn every_refusal_has_its_own_error() {
     p.header.hidden = 5;
     assert!(matches!(err(&t.file_with(&p)), FormatError::BadDimensions { .. }));
     let mut p = t.payload();
-    p.header.vocab = 12;
-    assert_eq!(err(&t.file_with(&p)), FormatError::Length { what: "embedding", layer: None, expected: 48, actual: 44 });
+    p.header.dim = 3;
+    p.header.hidden = 3;
+    assert!(matches!(err(&t.file_with(&p)), FormatError::BadDimensions { .. }));
     let mut p = t.payload();
-    p.layers[0].wh = &t.layers[0][2][1..];
-    assert!(matches!(err(&t.file_with(&p)), FormatError::Length { what: "wh", layer: Some(0), .. }));
-    let nan_scales = le((0..11).map(|i| if i == 3 { f32::NAN } else { 1.0 }));
+    p.header.vocab = 13;
+    let expected = paired_len(13, 4).unwrap() + paired_len(16, 8).unwrap();
+    assert_eq!(err(&t.file_with(&p)), FormatError::Length { what: "weights", layer: None, expected, actual: 176 });
     let mut p = t.payload();
-    p.embedding_scales = &nan_scales;
-    assert_eq!(err(&t.file_with(&p)), FormatError::NonFinite { what: "embedding scales", index: 3 });
+    p.weights = &t.weights[1..];
+    assert!(matches!(err(&t.file_with(&p)), FormatError::Length { what: "weights", layer: None, .. }));
+    let mut p = t.payload();
+    p.logits = &t.logits[8..];
+    assert_eq!(err(&t.file_with(&p)), FormatError::Length { what: "logits", layer: None, expected: 88, actual: 80 });
+    let mut zero_multiplier = t.logits.clone();
+    zero_multiplier[24..28].copy_from_slice(&0i32.to_le_bytes());
+    let mut p = t.payload();
+    p.logits = &zero_multiplier;
+    assert_eq!(err(&t.file_with(&p)), FormatError::LogitAffine { index: 3 });
+    let mut huge_bias = t.logits.clone();
+    huge_bias[36..40].copy_from_slice(&(i32::MIN).to_le_bytes());
+    let mut p = t.payload();
+    p.logits = &huge_bias;
+    assert_eq!(err(&t.file_with(&p)), FormatError::LogitAffine { index: 4 });
+    // Padding is chosen by `encode`; a hand-made file with four pad bytes is refused.
+    let mut p = t.payload();
+    p.pad = &[0; 4];
+    let mut raw = vec![0u8; 10_000];
+    raw[..4].copy_from_slice(&MAGIC);
+    raw[4..6].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+    let n = postcard::to_slice(&p, &mut raw[6..]).unwrap().len();
+    raw.truncate(6 + n + 4);
+    reencode(&mut raw);
+    assert!(matches!(err(&raw), FormatError::Length { what: "alignment padding", .. }));
     let zero_scales = le((0..16).map(|i| if i == 7 { 0.0 } else { 1.0 }));
     let mut p = t.payload();
     p.layers[0].wx_scales = &zero_scales;
@@ -192,7 +243,7 @@ proptest! {
             reencode(&mut bytes);
         }
         if let Ok(m) = QuantModel::from_bytes(&bytes) {
-            let mut p = Predictor::new(m.clone(), vec![0.0; Predictor::<Vec<f32>, Vec<i8>>::float_len(&m)], vec![0; Predictor::<Vec<f32>, Vec<i8>>::int_len(&m)]).unwrap();
+            let mut p = predictor(&m);
             p.feed(0).unwrap();
             let _ = p.top_k::<3>().unwrap();
         }
@@ -210,39 +261,49 @@ proptest! {
     }
 }
 
-/// The predictor's top-k against a straightforward full-logit reference computed here.
+/// The exact integer logit of word `v` (1/256 nat), computed here from the weights, the
+/// quantized top hidden state and the file's `(M, B)`.
+fn reference_logit(m: &QuantModel<'_>, qh: &[i16], v: usize) -> i32 {
+    let d = m.dim();
+    let dot: i128 =
+        (0..d).map(|j| i128::from(paired_weight(m.embedding(), d, v, j).unwrap()) * i128::from(qh[j])).sum();
+    let a = if v.is_multiple_of(2) { 256 * dot } else { dot };
+    let (mul, b) = m.logit_affine(v);
+    (i128::from(b) + ((a * i128::from(mul)) >> 32)) as i32
+}
+
+/// The predictor's top-k against a straightforward full-logit reference computed here: the
+/// same integer logits, ranked the same, and probabilities within the 1/256-nat quantization of
+/// an exact softmax over the real-valued logits.
 #[test]
 fn top_k_matches_a_full_softmax_reference() {
-    let t = Tensors::random(300, 16, 2, 4);
+    let t = Tensors::random(301, 16, 2, 4);
     let bytes = t.file();
     let m = QuantModel::from_bytes(&bytes).unwrap();
-    type P<'a> = Predictor<'a, Vec<f32>, Vec<i8>>;
-    let mut p: P<'_> = Predictor::new(m.clone(), vec![0.0; P::float_len(&m)], vec![0; P::int_len(&m)]).unwrap();
+    let mut p = predictor(&m);
     assert_eq!(p.top_k::<5>().unwrap_err(), lstm_core::PredictError::NoContext);
-    assert_eq!(p.feed(300).unwrap_err(), lstm_core::PredictError::Token { id: 300, vocab: 300 });
-    for token in [3u32, 141, 7, 299, 0] {
+    assert_eq!(p.feed(301).unwrap_err(), lstm_core::PredictError::Token { id: 301, vocab: 301 });
+    for token in [3u32, 141, 7, 300, 0] {
         p.feed(token).unwrap();
-        let mut q = vec![0i8; 16];
-        let s = quantize(p.top_hidden(), &mut q);
-        let logits: Vec<f32> = (0..300)
-            .map(|v| {
-                let (row, rs) = m.embedding_row(v);
-                dot_i8(row, &q) as f32 * (s * rs) + m.out_bias(v)
-            })
-            .collect();
-        let max = logits.iter().copied().fold(f64::NEG_INFINITY, |a, b| a.max(f64::from(b)));
-        let z: f64 = logits.iter().map(|&l| (f64::from(l) - max).exp()).sum();
-        let mut order: Vec<usize> = (0..300).collect();
-        order.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]).then(a.cmp(&b)));
+        let qh: Vec<i16> = p.top_hidden().iter().map(|&h| quantize_unit(h)).collect();
+        let logits: Vec<i32> = (0..301).map(|v| reference_logit(&m, &qh, v)).collect();
+        let max = f64::from(*logits.iter().max().unwrap());
+        let z: f64 = logits.iter().map(|&l| ((f64::from(l) - max) / 256.0).exp()).sum();
+        let mut order: Vec<usize> = (0..301).collect();
+        order.sort_by(|&a, &b| logits[b].cmp(&logits[a]).then(a.cmp(&b)));
         let top = p.top_k::<5>().unwrap();
         assert_eq!(top.len(), 5);
         for (c, &want) in top.iter().zip(&order) {
             assert_eq!(c.id as usize, want);
-            let prob = (f64::from(logits[want]) - max).exp() / z;
-            assert!((f64::from(c.prob) - prob).abs() < 1e-5, "{} vs {prob}", c.prob);
+            assert_eq!(c.logit, logits[want] as f32 / 256.0);
+            let prob = ((f64::from(logits[want]) - max) / 256.0).exp() / z;
+            assert!((f64::from(c.prob) - prob).abs() < 1e-6 + 1e-5 * prob, "{} vs {prob}", c.prob);
         }
-        let lp = p.log_prob(order[0] as u32).unwrap();
-        assert!((f64::from(lp) - f64::from(top[0].prob).ln()).abs() < 1e-4);
+        for target in [order[0], order[7], order[300]] {
+            let lp = f64::from(p.log_prob(target as u32).unwrap());
+            let want = (f64::from(logits[target]) - max) / 256.0 - z.ln();
+            assert!((lp - want).abs() < 1e-5, "log p({target}) = {lp} vs {want}");
+        }
         // Sampling at temperature 0 is the argmax; at temperature 1 it follows the probabilities.
         assert_eq!(p.sample(0.0, &mut Rng::new(1)).unwrap(), order[0] as u32);
     }
@@ -257,13 +318,29 @@ fn top_k_matches_a_full_softmax_reference() {
     assert_eq!(p.top_k::<2>().unwrap_err(), lstm_core::PredictError::NoContext);
 }
 
+/// A model wider than one exact segment (D = 300 > 256) predicts the same top words through the
+/// wide path as the reference.
+#[test]
+fn wide_rows_sum_per_segment() {
+    let t = Tensors::random(40, 300, 1, 8);
+    let bytes = t.file();
+    let m = QuantModel::from_bytes(&bytes).unwrap();
+    let mut p = predictor(&m);
+    p.feed(5).unwrap();
+    let qh: Vec<i16> = p.top_hidden().iter().map(|&h| quantize_unit(h)).collect();
+    let logits: Vec<i32> = (0..40).map(|v| reference_logit(&m, &qh, v)).collect();
+    let best = (0..40).max_by(|&a, &b| logits[a].cmp(&logits[b]).then(b.cmp(&a))).unwrap();
+    let top = p.top_k::<1>().unwrap()[0];
+    assert_eq!(top.id as usize, best);
+    assert_eq!(top.logit, logits[best] as f32 / 256.0);
+}
+
 #[test]
 fn ram_does_not_depend_on_the_vocabulary() {
     let small = Tensors::random(10, 8, 2, 6);
     let large = Tensors::random(2000, 8, 2, 6);
     let (bs, bl) = (small.file(), large.file());
     let (ms, ml) = (QuantModel::from_bytes(&bs).unwrap(), QuantModel::from_bytes(&bl).unwrap());
-    type P<'a> = Predictor<'a, Vec<f32>, Vec<i8>>;
     assert_eq!(P::float_len(&ms), P::float_len(&ml));
     assert_eq!(P::int_len(&ms), P::int_len(&ml));
 }

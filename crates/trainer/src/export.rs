@@ -3,14 +3,15 @@
 
 use crate::checkpoint::Checkpoint;
 use crate::model::Layout;
-use lstm_core::format::{Header, LayerBlob, Payload, QuantModel, SCHEME_INT8_PER_ROW};
+use lstm_core::format::{Header, LayerBlob, Payload, QuantModel, SCHEME_INT8_PAIRED, logit_affine};
+use lstm_core::quant::paired::{encode_paired, paired_len};
 use lstm_core::quant::quantize;
 use std::path::Path;
 
 /// Bytes taken by each part of an int8 model file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct SizeBreakdown {
-    /// Tied embedding: int8 values and per-row scales.
+    /// Tied embedding: int8 values and the integer output layer's per-row multiplier.
     pub embedding: usize,
     /// LSTM weight matrices and their per-column scales.
     pub lstm: usize,
@@ -22,16 +23,16 @@ pub struct SizeBreakdown {
     pub total: usize,
 }
 
-/// Quantizes each row of a `rows × cols` row-major matrix: (int8 bytes, f32 LE scales).
-fn quantize_rows(data: &[f32], rows: usize, cols: usize) -> (Vec<u8>, Vec<u8>) {
-    let mut q = vec![0i8; cols];
-    let mut bytes = Vec::with_capacity(rows * cols);
-    let mut scales = Vec::with_capacity(rows * 4);
-    for row in data.chunks_exact(cols).take(rows) {
-        scales.extend(quantize(row, &mut q).to_le_bytes());
-        bytes.extend(q.iter().map(|&v| v as u8));
-    }
-    (bytes, scales)
+/// Quantizes each row of a `rows × cols` row-major matrix, appends the int8 rows to `weights`
+/// in the paired layout and returns the per-row scales.
+fn quantize_rows(data: &[f32], rows: usize, cols: usize, weights: &mut Vec<u8>) -> Vec<f32> {
+    let mut q = vec![0i8; rows * cols];
+    let scales =
+        data.chunks_exact(cols).take(rows).zip(q.chunks_exact_mut(cols)).map(|(row, q)| quantize(row, q)).collect();
+    let at = weights.len();
+    weights.resize(at + paired_len(rows, cols).expect("matrix size fits usize"), 0);
+    encode_paired(&q, rows, cols, &mut weights[at..]);
+    scales
 }
 
 /// `rows × cols` → `cols × rows`.
@@ -62,15 +63,31 @@ pub fn export_int8(ckpt: &Checkpoint) -> Result<(Vec<u8>, SizeBreakdown), String
     let layout = Layout::new(dims);
     let (v, d) = (dims.vocab, dims.dim);
     let p = &ckpt.params;
-    let (emb, emb_scales) = quantize_rows(&p[layout.embedding.clone()], v, d);
+    if d % 2 != 0 {
+        return Err(format!("D = {d} is odd: the int8 format pairs columns, so D must be even"));
+    }
+    let mut weights = Vec::new();
+    let emb_scales = quantize_rows(&p[layout.embedding.clone()], v, d, &mut weights);
+    let embedding_bytes = weights.len();
     let mut layer_bytes = Vec::new();
     for l in 0..dims.layers {
         let w = layout.lstm_weights(p, l);
-        let (wx, wx_scales) = quantize_rows(&transpose(w.wx, d, 4 * d), 4 * d, d);
-        let (wh, wh_scales) = quantize_rows(&transpose(w.wh, d, 4 * d), 4 * d, d);
-        layer_bytes.push([wx, wx_scales, wh, wh_scales, le(w.b)]);
+        let wx_scales = quantize_rows(&transpose(w.wx, d, 4 * d), 4 * d, d, &mut weights);
+        let wh_scales = quantize_rows(&transpose(w.wh, d, 4 * d), 4 * d, d, &mut weights);
+        layer_bytes.push([le(&wx_scales), le(&wh_scales), le(w.b)]);
     }
-    let out_bias = le(&p[layout.out_bias.clone()]);
+    let out_bias = &p[layout.out_bias.clone()];
+    let mut logits = Vec::with_capacity(8 * v);
+    for (word, (&scale, &bias)) in emb_scales.iter().zip(out_bias).enumerate() {
+        let (m, b) = logit_affine(word, scale, bias).ok_or_else(|| {
+            format!(
+                "word {word} (\"{}\"): embedding scale {scale:e} or output bias {bias} does not fit the integer output layer (embedding values beyond ±31 or a bias beyond ±4·10⁶)",
+                ckpt.vocab.get(word).map_or("?", String::as_str)
+            )
+        })?;
+        logits.extend(m.to_le_bytes());
+        logits.extend(b.to_le_bytes());
+    }
     let mut words = String::new();
     let mut word_ends = Vec::with_capacity(4 * v);
     for w in &ckpt.vocab {
@@ -79,8 +96,8 @@ pub fn export_int8(ckpt: &Checkpoint) -> Result<(Vec<u8>, SizeBreakdown), String
         word_ends.extend(end.to_le_bytes());
     }
     let mut layers = lstm_core::heapless::Vec::new();
-    for [wx, wx_scales, wh, wh_scales, bias] in &layer_bytes {
-        layers.push(LayerBlob { wx, wx_scales, wh, wh_scales, bias }).map_err(|_| "too many layers".to_string())?;
+    for [wx_scales, wh_scales, bias] in &layer_bytes {
+        layers.push(LayerBlob { wx_scales, wh_scales, bias }).map_err(|_| "too many layers".to_string())?;
     }
     let payload = Payload {
         header: Header {
@@ -88,19 +105,18 @@ pub fn export_int8(ckpt: &Checkpoint) -> Result<(Vec<u8>, SizeBreakdown), String
             dim: d as u32,
             hidden: d as u32,
             layers: dims.layers as u32,
-            scheme: SCHEME_INT8_PER_ROW,
+            scheme: SCHEME_INT8_PAIRED,
         },
-        embedding: &emb,
-        embedding_scales: &emb_scales,
+        pad: &[],
+        weights: &weights,
+        logits: &logits,
         layers,
-        out_bias: &out_bias,
         word_ends: &word_ends,
         words: &words,
     };
     // Tensor bytes plus generous room for the varint length prefixes and the header.
-    let capacity = emb.len()
-        + emb_scales.len()
-        + out_bias.len()
+    let capacity = weights.len()
+        + logits.len()
         + word_ends.len()
         + words.len()
         + layer_bytes.iter().flatten().map(Vec::len).sum::<usize>()
@@ -109,10 +125,11 @@ pub fn export_int8(ckpt: &Checkpoint) -> Result<(Vec<u8>, SizeBreakdown), String
     let n = QuantModel::encode(&payload, &mut file).map_err(|e| e.to_string())?;
     file.truncate(n);
     let lstm_weights: usize =
-        layer_bytes.iter().map(|[wx, wxs, wh, whs, _]| wx.len() + wxs.len() + wh.len() + whs.len()).sum();
-    let biases = layer_bytes.iter().map(|l| l[4].len()).sum::<usize>() + out_bias.len();
+        weights.len() - embedding_bytes + layer_bytes.iter().map(|[wxs, whs, _]| wxs.len() + whs.len()).sum::<usize>();
+    // The (M, B) pairs: M stands for the embedding's per-row scale, B for the output bias.
+    let biases = layer_bytes.iter().map(|l| l[2].len()).sum::<usize>() + 4 * v;
     let breakdown = SizeBreakdown {
-        embedding: emb.len() + emb_scales.len(),
+        embedding: embedding_bytes + 4 * v,
         lstm: lstm_weights,
         biases,
         vocabulary: word_ends.len() + words.len(),

@@ -7,7 +7,7 @@ use lstm_core::{PredictError, Predictor, QuantModel};
 use rayon::prelude::*;
 
 /// A predictor with heap-allocated buffers (the device uses static arrays instead).
-pub type HostPredictor<'m> = Predictor<'m, Vec<f32>, Vec<i8>>;
+pub type HostPredictor<'m> = Predictor<'m, Vec<f32>, Vec<i32>>;
 
 /// A fresh predictor over `model`.
 pub fn host_predictor<'m>(model: &QuantModel<'m>) -> HostPredictor<'m> {

@@ -32,7 +32,7 @@ fn main() -> ! {
     defmt::info!("model: V={=usize} D=H={=usize} layers={=usize}", model.vocab(), model.dim(), model.layers());
     let unk = model.token("<unk>");
     let mut floats = [0.0f32; FLOAT_LEN];
-    let mut ints = [0i8; INT_LEN];
+    let mut ints = [0i32; INT_LEN];
     let mut predictor = match Predictor::new(model.clone(), &mut floats[..], &mut ints[..]) {
         Ok(p) => p,
         Err(e) => {

@@ -6,7 +6,7 @@ use lstm_core::{Predictor, QuantModel};
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(model) = QuantModel::from_bytes(data) {
-        type P<'a> = Predictor<'a, Vec<f32>, Vec<i8>>;
+        type P<'a> = Predictor<'a, Vec<f32>, Vec<i32>>;
         let floats = vec![0.0; P::float_len(&model)];
         let ints = vec![0; P::int_len(&model)];
         let mut p: P<'_> = Predictor::new(model.clone(), floats, ints).expect("sized buffers");

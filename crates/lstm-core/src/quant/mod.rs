@@ -24,28 +24,27 @@ pub fn quantize(x: &[f32], q: &mut [i8]) -> f32 {
 
 #[cfg(arm_dsp)]
 mod dsp;
+pub mod paired;
 
-/// Dot products of four int8 weight rows stored back to back in `block` (row `r` is
-/// `block[r·n .. (r+1)·n]`, `n = x.len()`; rows missing from a short block give 0) with one int8
-/// vector. Exact, so every implementation returns the same integers: `SMLAD`/`SXTB16` on
-/// Armv7E-M, portable elsewhere.
-#[inline(always)]
-pub fn dot_i8_x4(block: &[u8], x: &[i8]) -> [i32; 4] {
-    #[cfg(arm_dsp)]
-    {
-        dsp::dot_i8_x4(block, x)
-    }
-    #[cfg(not(arm_dsp))]
-    {
-        let n = x.len();
-        core::array::from_fn(|r| block.get(r * n..(r + 1) * n).map_or(0, |row| dot_i8(row, x)))
-    }
-}
+/// The fixed quantization scale of hidden states, which lie in (−1, 1) (`h = o·tanh c`).
+pub const UNIT_SCALE: f32 = 1.0 / 127.0;
 
-/// `Σ a[k]·b[k]` for int8 weights stored as bytes (`a`) and int8 activations (`b`).
+/// `round(127·v)` for `v` in [−1, 1] (outside: clamped; NaN: 0), rounding half to even by the
+/// float adder: adding 1.5·2²³ leaves the rounded integer in the low mantissa bits, three
+/// instructions instead of a `roundf` call.
 #[inline]
-pub fn dot_i8(a: &[u8], b: &[i8]) -> i32 {
-    a.iter().zip(b).map(|(&w, &x)| i32::from(w as i8) * i32::from(x)).sum()
+pub fn quantize_unit(v: f32) -> i16 {
+    const MAGIC: f32 = 12_582_912.0;
+    let v = if v > 1.0 {
+        1.0
+    } else if v < -1.0 {
+        -1.0
+    } else if v.is_nan() {
+        0.0
+    } else {
+        v
+    };
+    ((v * 127.0 + MAGIC).to_bits() as i32 - MAGIC.to_bits() as i32) as i16
 }
 
 /// Reads the `i`-th little-endian f32 of `bytes` (no alignment needed, no reference formed).
@@ -80,20 +79,21 @@ mod tests {
     }
 
     #[test]
-    fn four_row_dot_equals_single_dots() {
-        let x: [i8; 11] = [127, -127, 3, -4, 5, 0, 7, -8, 9, 10, -11];
-        let block: [u8; 44] = core::array::from_fn(|i| (i * 37 + (i % 11) * 91) as u8);
-        let got = dot_i8_x4(&block, &x);
-        for r in 0..4 {
-            assert_eq!(got[r], dot_i8(&block[r * 11..(r + 1) * 11], &x));
+    fn unit_quantization_test_vectors() {
+        let vectors = [(0.0f32, 0i16), (1.0, 127), (-1.0, -127), (0.5, 64), (-0.5, -64), (0.0039, 0), (0.004, 1)];
+        for (v, q) in vectors {
+            assert_eq!(quantize_unit(v), q, "{v}");
         }
+        assert_eq!(quantize_unit(7.0), 127);
+        assert_eq!(quantize_unit(f32::NEG_INFINITY), -127);
+        assert_eq!(quantize_unit(f32::NAN), 0);
+        // Half-way cases round to even: 127·v = 0.5 and 1.5 exactly.
+        assert_eq!(quantize_unit(0.5 / 127.0), 0);
+        assert_eq!(quantize_unit(1.5 / 127.0), 2);
     }
 
     #[test]
-    fn dot_is_exact() {
-        let a = [127u8, 0x81, 2]; // 127, −127, 2
-        let b = [127i8, 127, -3];
-        assert_eq!(dot_i8(&a, &b), 127 * 127 - 127 * 127 - 6);
+    fn f32_reads_by_value() {
         assert_eq!(f32_at(&1.5f32.to_le_bytes(), 0), Some(1.5));
         assert_eq!(f32_at(&[0, 0, 0], 0), None);
     }
