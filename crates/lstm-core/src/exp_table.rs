@@ -41,6 +41,59 @@ pub fn exp_neg(d: u32) -> u32 {
     EXP_NEG_Q31[(d as usize).min(LEN - 1)]
 }
 
+/// Running `Σ e^(y−R)` over a stream of integer logits (1/256 nat), `R` the maximum so far,
+/// as a Q31 sum in u64: exact integer arithmetic, so every target agrees to the bit.
+///
+/// `limit` (≤ `max`) is for scans with a fast path: logits up to it only add a term; the
+/// others go through the caller, who calls [`IntLse::push`] and may lower or raise `limit`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IntLse {
+    /// Largest logit so far.
+    pub max: i32,
+    /// `Σ 2³¹·e^((y − max)/256)`, each term rounded.
+    pub sum: u64,
+    /// Fast-path bound for scans.
+    pub limit: i32,
+}
+
+impl Default for IntLse {
+    fn default() -> Self {
+        IntLse::new()
+    }
+}
+
+impl IntLse {
+    /// No terms yet.
+    pub const fn new() -> Self {
+        IntLse { max: i32::MIN, sum: 0, limit: i32::MIN }
+    }
+
+    /// Adds `e^(y/256)`.
+    #[inline(always)]
+    pub fn push(&mut self, y: i32) {
+        if y > self.max {
+            // Rescale the terms so far to the new maximum, sum·e^(−(y−R)/256) rounded, and
+            // add the new term (1).
+            let scale = u128::from(exp_neg(y.wrapping_sub(self.max) as u32));
+            self.sum = ((u128::from(self.sum) * scale + (1 << 30)) >> 31) as u64 + u64::from(ONE);
+            self.max = y;
+        } else {
+            self.sum += u64::from(exp_neg(self.max.wrapping_sub(y) as u32));
+        }
+    }
+
+    /// Probability of logit `y` (≤ the maximum).
+    pub fn prob(&self, y: i32) -> f32 {
+        exp_neg(self.max.wrapping_sub(y) as u32) as f32 / self.sum as f32
+    }
+
+    /// Natural log-probability of logit `y`, with the exact (not tabulated) numerator.
+    pub fn log_prob(&self, y: i32) -> f32 {
+        let d = f64::from(y) - f64::from(self.max);
+        (d / f64::from(STEPS_PER_NAT) - libm::log(self.sum as f64 / f64::from(ONE))) as f32
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -62,5 +115,18 @@ mod tests {
         }
         assert_eq!(exp_neg(u32::MAX), 0);
         assert_eq!(exp_neg(0), ONE);
+    }
+
+    #[test]
+    fn running_sum_matches_a_direct_sum() {
+        let ys = [0i32, -300, 512, 511, -9000, 2000, 2000, -70_000];
+        let mut lse = IntLse::new();
+        ys.iter().for_each(|&y| lse.push(y));
+        assert_eq!(lse.max, 2000);
+        let direct: f64 = ys.iter().map(|&y| (f64::from(y - 2000) / 256.0).exp()).sum();
+        let got = lse.sum as f64 / f64::from(ONE);
+        assert!((got - direct).abs() < 1e-8, "{got} vs {direct}");
+        assert!((f64::from(lse.prob(2000)) - 1.0 / direct).abs() < 1e-7);
+        assert!((f64::from(lse.log_prob(-300)) - ((-2300.0 / 256.0) - direct.ln())).abs() < 1e-6);
     }
 }

@@ -19,6 +19,7 @@
 //!   back: the embedding (V rows, rounded up to even, × D; row `v` is both the input embedding
 //!   of word `v` and the output weights of logit `v`), then per layer `Wx` (4H × D) and `Wh`
 //!   (4H × H), row `j` = gate column `j`, gate order f, g, i, o.
+//! - `logits_pad`: 0–3 zero bytes aligning `logits` likewise.
 //! - `logits`: V × (M, B), i32 little-endian: the integer output layer. With the top hidden
 //!   state quantized at the fixed scale 1/127, logit `v` in units of 1/256 nat is
 //!   `y = B + ⌊A·M / 2³²⌋`, where `A` is what the paired sums give for row `v` (256·Σq·x for
@@ -46,8 +47,9 @@ pub const MAX_LAYERS: usize = 4;
 /// Quantization scheme 2: int8, symmetric, per embedding row and per gate column, paired rows,
 /// integer logits.
 pub const SCHEME_INT8_PAIRED: u8 = 2;
-/// Largest |B| of the integer output layer (keeps every logit inside i32).
-pub const MAX_LOGIT_BIAS: i32 = 1 << 30;
+/// Largest |B| of the integer output layer: with |⌊A·M/2³²⌋| ≤ 2²⁹ every logit stays within
+/// ±2³⁰, so differences of two logits fit i32.
+pub const MAX_LOGIT_BIAS: i32 = (1 << 29) - 1;
 const PREFIX: usize = 6;
 const CRC: crc::Crc<u32> = crc::Crc::<u32>::new(&crc::CRC_32_ISO_HDLC);
 
@@ -92,6 +94,8 @@ pub struct Payload<'a> {
     pub pad: &'a [u8],
     /// All int8 matrices, paired layout: embedding, then `Wx`, `Wh` of each layer.
     pub weights: &'a [u8],
+    /// 0–3 zero bytes aligning `logits`.
+    pub logits_pad: &'a [u8],
     /// `V × (M, B)` i32 LE: the integer output layer.
     pub logits: &'a [u8],
     /// The LSTM layers' scales and biases.
@@ -296,7 +300,7 @@ fn row_factor(v: usize) -> f32 {
 
 /// `(M, B)` of the integer output layer for embedding row `v` with quantization scale `scale`
 /// and output bias `bias` (nats); `None` when they do not fit it (a scale over 127/512, i.e.
-/// embedding values beyond ±31, or |bias| over 2²² nats).
+/// embedding values beyond ±31, or |bias| over 2²¹ nats).
 pub fn logit_affine(v: usize, scale: f32, bias: f32) -> Option<(i32, i32)> {
     let m = libm::round(f64::from(scale) / f64::from(row_factor(v)));
     let b = libm::round(f64::from(bias) * f64::from(STEPS_PER_NAT));
@@ -352,13 +356,15 @@ impl<'a> QuantModel<'a> {
             return Err(FormatError::BadDimensions { vocab: h.vocab, dim: h.dim, hidden: h.hidden });
         }
         let (v, d, layers) = (h.vocab as usize, h.dim as usize, h.layers as usize);
-        if payload.pad.len() > 3 {
-            return Err(FormatError::Length {
-                what: "alignment padding",
-                layer: None,
-                expected: 3,
-                actual: payload.pad.len(),
-            });
+        for pad in [payload.pad, payload.logits_pad] {
+            if pad.len() > 3 {
+                return Err(FormatError::Length {
+                    what: "alignment padding",
+                    layer: None,
+                    expected: 3,
+                    actual: pad.len(),
+                });
+            }
         }
         let weights =
             paired_len(v, d).zip(paired_len(4 * d, 2 * d)).and_then(|(e, l)| e.checked_add(l.checked_mul(layers)?));
@@ -472,19 +478,24 @@ impl<'a> QuantModel<'a> {
         self.logit_affine(v).1 as f32 / STEPS_PER_NAT as f32
     }
 
-    /// Writes the file for `payload` into `out` and returns its length. `payload.pad` is
-    /// replaced by the zero bytes that align `weights` to 4 bytes.
+    /// Writes the file for `payload` into `out` and returns its length. `payload.pad` and
+    /// `payload.logits_pad` are replaced by the zero bytes that align `weights` and `logits` to
+    /// 4 bytes.
     pub fn encode(payload: &Payload<'_>, out: &mut [u8]) -> Result<usize, FormatError> {
         if out.len() < PREFIX + 4 {
             return Err(FormatError::TooShort { len: out.len() });
         }
         out[..4].copy_from_slice(&MAGIC);
         out[4..6].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
-        // Offset of the weight bytes: prefix, header, pad length (one byte), pad, weights length.
+        // Offset of the weight bytes: prefix, header, pad length (one byte), pad, weights length;
+        // then of the logits: weights, pad length, pad, logits length.
         let header = postcard::to_slice(&payload.header, &mut out[PREFIX..]).map_err(|_| FormatError::Decode)?.len();
         let before = PREFIX + header + 1 + varint_len(payload.weights.len());
-        let pad = &[0u8; 3][..(4 - before % 4) % 4];
-        let aligned = Payload { pad, ..payload.clone() };
+        let zeros = [0u8; 3];
+        let pad = &zeros[..(4 - before % 4) % 4];
+        let after = before + pad.len() + payload.weights.len() + 1 + varint_len(payload.logits.len());
+        let logits_pad = &zeros[..(4 - after % 4) % 4];
+        let aligned = Payload { pad, logits_pad, ..payload.clone() };
         let n = postcard::to_slice(&aligned, &mut out[PREFIX..]).map_err(|_| FormatError::Decode)?.len();
         let end = PREFIX + n;
         if out.len() < end + 4 {

@@ -19,7 +19,7 @@
 
 use crate::Rng;
 use crate::cell::{activate_gates, update_state};
-use crate::exp_table::{ONE, STEPS_PER_NAT, exp_neg};
+use crate::exp_table::{IntLse, STEPS_PER_NAT};
 use crate::format::QuantModel;
 use crate::quant::paired::{pack_activations, pair_sums, pair_sums_wide, paired_weight, segments};
 use crate::quant::{UNIT_SCALE, f32_at, quantize_unit};
@@ -92,49 +92,6 @@ impl PartialOrd for Ranked {
 impl Ord for Ranked {
     fn cmp(&self, other: &Self) -> Ordering {
         self.logit.cmp(&other.logit).then_with(|| other.id.cmp(&self.id))
-    }
-}
-
-/// Running `Σ e^(y−R)` over a stream of integer logits (1/256 nat), `R` the maximum so far,
-/// as a Q31 sum in u64: exact integer arithmetic, so every target agrees to the bit.
-#[derive(Debug, Clone, Copy)]
-struct IntLse {
-    max: i32,
-    sum: u64,
-}
-
-impl IntLse {
-    fn new() -> Self {
-        IntLse { max: i32::MIN, sum: 0 }
-    }
-
-    #[inline(always)]
-    fn push(&mut self, y: i32) {
-        if y > self.max {
-            self.new_max(y);
-        } else {
-            self.sum += u64::from(exp_neg(self.max.wrapping_sub(y) as u32));
-        }
-    }
-
-    /// Rescales the terms so far to the new maximum, `sum·e^(−(y−R)/256)` rounded, and adds
-    /// the new term (1).
-    #[inline(always)]
-    fn new_max(&mut self, y: i32) {
-        let scale = u128::from(exp_neg(y.wrapping_sub(self.max) as u32));
-        self.sum = ((u128::from(self.sum) * scale + (1 << 30)) >> 31) as u64 + u64::from(ONE);
-        self.max = y;
-    }
-
-    /// Probability of logit `y` (≤ the maximum).
-    fn prob(&self, y: i32) -> f32 {
-        exp_neg(self.max.wrapping_sub(y) as u32) as f32 / self.sum as f32
-    }
-
-    /// Natural log-probability of logit `y`, with the exact (not tabulated) numerator.
-    fn log_prob(&self, y: i32) -> f32 {
-        let d = f64::from(y) - f64::from(self.max);
-        (d / f64::from(STEPS_PER_NAT) - libm::log(self.sum as f64 / f64::from(ONE))) as f32
     }
 }
 
@@ -323,23 +280,47 @@ impl<'m, F: AsRef<[f32]> + AsMut<[f32]>, Q: AsRef<[i32]> + AsMut<[i32]>> Predict
         }
     }
 
+    /// The integer softmax sums over every word. Logits up to `lse.limit` only add their term;
+    /// `candidate(v, y, lse)` receives every other one, in order, and must [`IntLse::push`]
+    /// it (and may move the limit, never above `lse.max`). On Cortex-M4 the whole pass is one
+    /// assembly loop ([`crate::quant`]'s DSP kernel), elsewhere the same arithmetic in Rust.
+    #[inline(always)]
+    fn softmax_scan(&self, mut candidate: impl FnMut(usize, i32, &mut IntLse)) -> IntLse {
+        let mut lse = IntLse::new();
+        #[cfg(arm_dsp)]
+        {
+            let (vocab, h) = (self.model.vocab(), self.model.dim());
+            let (x, offsets) = self.top();
+            let pairs = vocab / 2;
+            if let [k] = offsets {
+                let rows = &self.model.embedding()[..pairs * 2 * h];
+                let affine = self.model.payload().logits;
+                if crate::quant::scan_logits(rows, x, *k, affine, &mut lse, &mut candidate) {
+                    for v in 2 * pairs..vocab {
+                        let y = self.logit(v);
+                        if y > lse.limit { candidate(v, y, &mut lse) } else { lse.push(y) }
+                    }
+                    return lse;
+                }
+            }
+        }
+        self.for_each_logit(|v, y| if y > lse.limit { candidate(v, y, &mut lse) } else { lse.push(y) });
+        lse
+    }
+
     /// The `K` most probable next words, most probable first, with probabilities, in one pass
     /// over the vocabulary.
     pub fn top_k<const K: usize>(&self) -> Result<heapless::Vec<Candidate, K>, PredictError> {
         if !self.fed {
             return Err(PredictError::NoContext);
         }
-        let mut lse = IntLse::new();
         let mut heap: heapless::BinaryHeap<core::cmp::Reverse<Ranked>, heapless::binary_heap::Max, K> =
             heapless::BinaryHeap::new();
-        // Until the heap is full every word enters; then only one with a logit above the
-        // worst kept one (a tie loses: its id is larger). The first word always enters.
-        let mut threshold = i32::MIN;
-        self.for_each_logit(|v, y| {
+        // Until the heap is full every word is a candidate; then only one with a logit above
+        // the worst kept one (a tie loses: its id is larger), which never exceeds the maximum.
+        let lse = self.softmax_scan(|v, y, lse| {
             lse.push(y);
-            if heap.len() < K || y > threshold {
-                threshold = admit(&mut heap, Ranked { logit: y, id: v as u32 });
-            }
+            lse.limit = admit(&mut heap, Ranked { logit: y, id: v as u32 });
         });
         let mut out: heapless::Vec<Candidate, K> = heapless::Vec::new();
         while let Some(core::cmp::Reverse(r)) = heap.pop() {
@@ -358,8 +339,10 @@ impl<'m, F: AsRef<[f32]> + AsMut<[f32]>, Q: AsRef<[i32]> + AsMut<[i32]>> Predict
         if target as usize >= self.model.vocab() {
             return Err(PredictError::Token { id: target, vocab: self.model.vocab() });
         }
-        let mut lse = IntLse::new();
-        self.for_each_logit(|_, y| lse.push(y));
+        let lse = self.softmax_scan(|_, y, lse| {
+            lse.push(y);
+            lse.limit = lse.max;
+        });
         Ok(lse.log_prob(self.logit(target as usize)))
     }
 

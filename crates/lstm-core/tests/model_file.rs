@@ -81,6 +81,7 @@ impl Tensors {
                 scheme: SCHEME_INT8_PAIRED,
             },
             pad: &[],
+            logits_pad: &[],
             weights: &self.weights,
             logits: &self.logits,
             layers,
@@ -114,7 +115,7 @@ fn round_trip_borrows_the_tensors() {
     let m = QuantModel::from_bytes(&bytes).unwrap();
     assert_eq!((m.vocab(), m.dim(), m.layers()), (37, 8, 2));
     // Everything but the alignment padding, which `encode` chooses.
-    assert_eq!(m.payload(), &Payload { pad: m.payload().pad, ..t.payload() });
+    assert_eq!(m.payload(), &Payload { pad: m.payload().pad, logits_pad: m.payload().logits_pad, ..t.payload() });
     assert_eq!(m.word(5), Some("w5é"));
     assert_eq!(m.word(37), None);
     assert_eq!(m.token("w36é"), Some(36));
@@ -128,6 +129,7 @@ fn round_trip_borrows_the_tensors() {
         let bytes = t.file();
         let m = QuantModel::from_bytes(&bytes).unwrap();
         assert_eq!((m.payload().weights.as_ptr() as usize - bytes.as_ptr() as usize) % 4, 0, "V={v} D={d}");
+        assert_eq!((m.payload().logits.as_ptr() as usize - bytes.as_ptr() as usize) % 4, 0, "V={v} D={d}");
     }
 }
 

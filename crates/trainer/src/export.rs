@@ -81,7 +81,7 @@ pub fn export_int8(ckpt: &Checkpoint) -> Result<(Vec<u8>, SizeBreakdown), String
     for (word, (&scale, &bias)) in emb_scales.iter().zip(out_bias).enumerate() {
         let (m, b) = logit_affine(word, scale, bias).ok_or_else(|| {
             format!(
-                "word {word} (\"{}\"): embedding scale {scale:e} or output bias {bias} does not fit the integer output layer (embedding values beyond ±31 or a bias beyond ±4·10⁶)",
+                "word {word} (\"{}\"): embedding scale {scale:e} or output bias {bias} does not fit the integer output layer (embedding values beyond ±31 or a bias beyond ±2·10⁶)",
                 ckpt.vocab.get(word).map_or("?", String::as_str)
             )
         })?;
@@ -108,6 +108,7 @@ pub fn export_int8(ckpt: &Checkpoint) -> Result<(Vec<u8>, SizeBreakdown), String
             scheme: SCHEME_INT8_PAIRED,
         },
         pad: &[],
+        logits_pad: &[],
         weights: &weights,
         logits: &logits,
         layers,

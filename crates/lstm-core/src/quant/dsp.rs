@@ -7,6 +7,7 @@
 //! instructions per 16 multiply-accumulates when fully unrolled.
 #![allow(unsafe_code)]
 
+use crate::exp_table::IntLse;
 use core::arch::asm;
 
 /// Words per `LDM` (one chunk).
@@ -39,25 +40,6 @@ pub fn raw_sums(pair: &[u8], x: &[i32]) -> [i32; 2] {
     [raw, low]
 }
 
-/// Calls `f([raw, low])` for every pair of `blob` (pairs of `4·x.len()` bytes, word aligned),
-/// with the kernel chosen once for the whole pass rather than per pair.
-#[inline(always)]
-pub fn for_each_raw(blob: &[u8], x: &[i32], mut f: impl FnMut([i32; 2])) {
-    let n = x.len();
-    if n == 0 || n % CHUNK != 0 || blob.as_ptr() as usize % 4 != 0 {
-        blob.chunks_exact(4 * n.max(1)).for_each(|pair| f(raw_sums(pair, x)));
-        return;
-    }
-    let pairs = blob.chunks_exact(4 * n);
-    match n / CHUNK {
-        8 => pairs.for_each(|pair| f(unrolled::<8>(pair, x))),
-        4 => pairs.for_each(|pair| f(unrolled::<4>(pair, x))),
-        16 => pairs.for_each(|pair| f(unrolled::<16>(pair, x))),
-        2 => pairs.for_each(|pair| f(unrolled::<2>(pair, x))),
-        chunks => pairs.for_each(|pair| f(looped(pair, x, chunks))),
-    }
-}
-
 /// One chunk: four activation words into r0–r3, four weight words into r4, r5, r8, r9
 /// (`LDM` lists must ascend), three instructions per weight word.
 macro_rules! chunk {
@@ -79,6 +61,203 @@ macro_rules! chunk {
             "smlad {low}, r9, r3, {low}\n",
         )
     };
+}
+
+/// The first chunk of a pair: `SMUAD` starts both sums (no zeroing instructions).
+macro_rules! first_chunk {
+    () => {
+        concat!(
+            "ldm {xp}!, {{r0, r1, r2, r3}}\n",
+            "ldm {wp}!, {{r4, r5, r8, r9}}\n",
+            "smuad {raw}, r4, r0\n",
+            "uxtb16 r4, r4\n",
+            "smuad {low}, r4, r0\n",
+            "smlad {raw}, r5, r1, {raw}\n",
+            "uxtb16 r5, r5\n",
+            "smlad {low}, r5, r1, {low}\n",
+            "smlad {raw}, r8, r2, {raw}\n",
+            "uxtb16 r8, r8\n",
+            "smlad {low}, r8, r2, {low}\n",
+            "smlad {raw}, r9, r3, {raw}\n",
+            "uxtb16 r9, r9\n",
+            "smlad {low}, r9, r3, {low}\n",
+        )
+    };
+}
+
+/// What the vocabulary scan shares with its assembly loop. One `LDM` reads the first seven
+/// fields into r0–r5, r8 and one `STM` writes back the first four, so the order is fixed.
+#[repr(C)]
+#[derive(Debug)]
+struct ScanState {
+    /// Next `(M, B)` pair (word aligned).
+    affine: *const u8,
+    /// Running maximum logit.
+    max: i32,
+    /// Q31 sum of `e^((y − max)/256)`, low and high words.
+    sum_lo: u32,
+    sum_hi: u32,
+    /// Logits above this leave the fast path (≤ `max`).
+    limit: i32,
+    /// `exp_table::EXP_NEG_Q31`.
+    table: *const u32,
+    /// `128·Σx` of the activations.
+    offset: i32,
+    /// End of the weight bytes.
+    end: *const u8,
+}
+
+/// The integer logits `y = B + ⌊A·M/2³²⌋` of every pair of `blob` (rows of `2·x.len()`
+/// columns, one segment), accumulated into `sums` exactly like [`IntLse::push`] when
+/// `y ≤ sums.limit`; any other logit is handed to `slow(row, y, sums)` in row order, which must
+/// account for it (and may move `max`, `sum` and `limit`). Returns `false`, doing nothing,
+/// where the assembly loop does not apply (unaligned data, or `x.len()` not 8, 16 or 32
+/// words); the caller then takes the portable path.
+#[inline(always)]
+pub fn scan_logits(
+    blob: &[u8],
+    x: &[i32],
+    offset: i32,
+    affine: &[u8],
+    sums: &mut IntLse,
+    slow: impl FnMut(usize, i32, &mut IntLse),
+) -> bool {
+    match x.len() {
+        32 => scan::<8>(blob, x, offset, affine, sums, slow),
+        16 => scan::<4>(blob, x, offset, affine, sums, slow),
+        8 => scan::<2>(blob, x, offset, affine, sums, slow),
+        _ => false,
+    }
+}
+
+#[inline(always)]
+fn scan<const C: usize>(
+    blob: &[u8],
+    x: &[i32],
+    offset: i32,
+    affine: &[u8],
+    sums: &mut IntLse,
+    mut slow: impl FnMut(usize, i32, &mut IntLse),
+) -> bool {
+    let stride = 16 * C;
+    let pairs = blob.len() / stride;
+    let aligned = blob.as_ptr() as usize % 4 == 0 && affine.as_ptr() as usize % 4 == 0;
+    if !aligned || x.len() != 4 * C || affine.len() < 16 * pairs {
+        return false;
+    }
+    if pairs == 0 {
+        return true;
+    }
+    let table = crate::exp_table::EXP_NEG_Q31.as_ptr();
+    let start = blob.as_ptr();
+    let end = blob[pairs * stride..].as_ptr();
+    let mut st = ScanState {
+        affine: affine.as_ptr(),
+        max: sums.max,
+        sum_lo: sums.sum as u32,
+        sum_hi: (sums.sum >> 32) as u32,
+        limit: sums.limit,
+        table,
+        offset,
+        end,
+    };
+    let mut wp = start;
+    while wp < end {
+        let (status, y0, y1): (u32, i32, i32);
+        // SAFETY: `wp` walks `blob` pair by pair (`stride = 16·C` bytes, `pairs` whole pairs,
+        // word aligned: checked above) and stops at `end`; each pair reads `16·C` bytes of `x`
+        // (`x.len() = 4·C` words, aligned as `&[i32]`) from its start, rewinding `xp` after;
+        // `st.affine` walks `affine` 16 bytes per pair (`affine.len() ≥ 16·pairs`, aligned);
+        // `table` reads index `min(max − y, 8191)`, inside the 8192-entry table, because
+        // `y ≤ limit ≤ max` on that path and logits lie within ±2³⁰ (so the difference is a
+        // non-negative i32). The only memory written is `st`, a local `repr(C)` struct whose
+        // field offsets the `LDM`/`STM`/`LDR` below use (0–28). Registers: r0–r5, r8, r9 and
+        // the operands; the stack is untouched.
+        unsafe {
+            asm!(
+                "2:",
+                first_chunk!(),
+                ".rept {c1}",
+                chunk!(),
+                ".endr",
+                "sub {xp}, {xp}, #{xbytes}",
+                "ldm {st}, {{r0, r1, r2, r3, r4, r5, r8}}",
+                "sub {raw}, {raw}, {low}",
+                "sub {low}, {low}, r8",
+                "ldrd r8, r9, [r0], #8",
+                "smmla r8, {raw}, r8, r9",
+                "ldrd {raw}, r9, [r0], #8",
+                "smmla r9, {low}, {raw}, r9",
+                "movs {low}, #1",
+                "cmp r8, r4",
+                "bgt 3f",
+                "sub {raw}, r1, r8",
+                "usat {raw}, #13, {raw}",
+                "ldr {raw}, [r5, {raw}, lsl #2]",
+                "umlal r2, r3, {raw}, {low}",
+                "cmp r9, r4",
+                "bgt 4f",
+                "sub {raw}, r1, r9",
+                "usat {raw}, #13, {raw}",
+                "ldr {raw}, [r5, {raw}, lsl #2]",
+                "umlal r2, r3, {raw}, {low}",
+                "stm {st}, {{r0, r1, r2, r3}}",
+                "ldr r4, [{st}, #28]",
+                "cmp {wp}, r4",
+                "blo 2b",
+                "movs r0, #0",
+                "b 5f",
+                // The pair's first row leaves the fast path: report both rows.
+                "3:",
+                "str r0, [{st}]",
+                "mov {raw}, r8",
+                "mov {low}, r9",
+                "movs r0, #2",
+                "b 5f",
+                // The second row does: the first is accounted for.
+                "4:",
+                "stm {st}, {{r0, r1, r2, r3}}",
+                "mov {low}, r9",
+                "movs r0, #1",
+                "5:",
+                c1 = const C - 1,
+                xbytes = const 16 * C,
+                xp = inout(reg) x.as_ptr() => _,
+                wp = inout(reg) wp,
+                raw = out(reg) y0,
+                low = out(reg) y1,
+                st = in(reg) &raw mut st,
+                out("r0") status,
+                out("r1") _, out("r2") _, out("r3") _,
+                out("r4") _, out("r5") _, out("r8") _, out("r9") _,
+                options(nostack)
+            );
+        }
+        if status == 0 {
+            break;
+        }
+        let pair = (wp as usize - start as usize) / stride - 1;
+        sums.max = st.max;
+        sums.sum = u64::from(st.sum_lo) | u64::from(st.sum_hi) << 32;
+        if status == 2 {
+            slow(2 * pair, y0, sums);
+            // The second row has not been looked at: the first may have moved the limit.
+            if y1 <= sums.limit {
+                sums.push(y1);
+            } else {
+                slow(2 * pair + 1, y1, sums);
+            }
+        } else {
+            slow(2 * pair + 1, y1, sums);
+        }
+        st.max = sums.max;
+        st.sum_lo = sums.sum as u32;
+        st.sum_hi = (sums.sum >> 32) as u32;
+        st.limit = sums.limit;
+    }
+    sums.max = st.max;
+    sums.sum = u64::from(st.sum_lo) | u64::from(st.sum_hi) << 32;
+    true
 }
 
 /// `C` chunks, fully unrolled (no loop counter or branch).

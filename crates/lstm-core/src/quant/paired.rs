@@ -86,17 +86,6 @@ pub fn pair_sums(pair: &[u8], x: &[i32], offset: i32) -> [i32; 2] {
     [raw.wrapping_sub(low), low.wrapping_sub(offset)]
 }
 
-/// [`pair_sums`] of every pair of `blob` (one-segment rows of `2·x.len()` columns), in order:
-/// the kernel is chosen once for the pass.
-#[inline(always)]
-pub fn for_each_pair_sums(blob: &[u8], x: &[i32], offset: i32, mut f: impl FnMut([i32; 2])) {
-    let split = |[raw, low]: [i32; 2]| [raw.wrapping_sub(low), low.wrapping_sub(offset)];
-    #[cfg(arm_dsp)]
-    super::dsp::for_each_raw(blob, x, |r| f(split(r)));
-    #[cfg(not(arm_dsp))]
-    blob.chunks_exact(4 * x.len().max(1)).for_each(|pair| f(split(raw_sums_portable(pair, x))));
-}
-
 /// [`pair_sums`] for rows of any width: per segment, summed in i64.
 pub fn pair_sums_wide(pair: &[u8], x: &[i32], offsets: &[i32]) -> [i64; 2] {
     let words = SEGMENT_COLS / 2;
