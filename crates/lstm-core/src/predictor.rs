@@ -95,6 +95,13 @@ impl Ord for Ranked {
     }
 }
 
+/// Little-endian f32 number `i` of an 8-byte chunk.
+#[inline(always)]
+fn f32_le(bytes: &[u8; 8], i: usize) -> f32 {
+    let b = &bytes[4 * i..4 * i + 4];
+    f32::from_le_bytes([b[0], b[1], b[2], b[3]])
+}
+
 /// `B + ⌊A·M / 2³²⌋` for a one-segment row (cannot overflow: |A| ≤ 2³⁰, M < 2³¹,
 /// |B| ≤ 2³⁰).
 #[inline(always)]
@@ -143,9 +150,10 @@ impl<'m, F: AsRef<[f32]> + AsMut<[f32]>, Q: AsRef<[i32]> + AsMut<[i32]>> Predict
         2 * model.layers() * h + h + 4 * h + 2 * h
     }
 
-    /// `i32` storage needed: two packed int16 vectors of H/2 words and their segment offsets.
+    /// `i32` storage needed: two packed int16 vectors of H/2 words, their segment offsets, and
+    /// the integer sums of the 4H gate rows against each.
     pub fn int_len(model: &QuantModel<'_>) -> usize {
-        2 * (model.dim() / 2 + segments(model.dim()))
+        2 * (model.dim() / 2 + segments(model.dim())) + 8 * model.dim()
     }
 
     /// A predictor with zero state over `model`.
@@ -192,7 +200,7 @@ impl<'m, F: AsRef<[f32]> + AsMut<[f32]>, Q: AsRef<[i32]> + AsMut<[i32]>> Predict
         let (x, scratch) = scratch.split_at_mut(h);
         let (gates, scratch) = scratch.split_at_mut(4 * h);
         let (c_new, tanh_c) = scratch.split_at_mut(h);
-        let (xq, hq, xk, hk) = split_ints(self.ints.as_mut(), h);
+        let (xq, hq, xk, hk, sums_x, sums_h) = split_ints(self.ints.as_mut(), h);
         let emb = self.model.embedding();
         let token = token as usize;
         pack_activations((0..h).map(|j| i16::from(paired_weight(emb, h, token, j).unwrap_or(0))), xq, xk);
@@ -207,16 +215,35 @@ impl<'m, F: AsRef<[f32]> + AsMut<[f32]>, Q: AsRef<[i32]> + AsMut<[i32]>> Predict
             }
             pack_activations(hl.iter().map(|&v| quantize_unit(v)), hq, hk);
             // Two gate rows per pair; even rows' sums carry a factor 256 (exact shift).
-            for (((px, ph), a2), j0) in
-                wx.chunks_exact(2 * h).zip(wh.chunks_exact(2 * h)).zip(gates.chunks_exact_mut(2)).zip((0..).step_by(2))
-            {
-                let (ax, ah) = (sums(px, xq, xk), sums(ph, hq, hk));
-                for (r, a) in a2.iter_mut().enumerate() {
-                    let j = j0 + r;
-                    let shift = if r == 0 { 8 } else { 0 };
-                    let dx = (ax[r] >> shift) as f32 * (sx * f32_at(blob.wx_scales, j).unwrap_or(0.0));
-                    let dh = (ah[r] >> shift) as f32 * (UNIT_SCALE * f32_at(blob.wh_scales, j).unwrap_or(0.0));
-                    *a = dx + dh + f32_at(blob.bias, j).unwrap_or(0.0);
+            if let ([kx], [kh]) = (&*xk, &*hk) {
+                // One segment: i32 sums (and i32 → f32, one instruction on the M4).
+                all_pair_sums(wx, xq, *kx, sums_x);
+                all_pair_sums(wh, hq, *kh, sums_h);
+                let scales = blob.wx_scales.as_chunks::<8>().0.iter().zip(blob.wh_scales.as_chunks::<8>().0);
+                let sums = sums_x.as_chunks::<2>().0.iter().zip(sums_h.as_chunks::<2>().0);
+                for (((&[x0, x1], &[h0, h1]), (a2, b)), (swx, swh)) in
+                    sums.zip(gates.as_chunks_mut::<2>().0.iter_mut().zip(blob.bias.as_chunks::<8>().0)).zip(scales)
+                {
+                    let (sx0, sx1) = (sx * f32_le(swx, 0), sx * f32_le(swx, 1));
+                    let (sh0, sh1) = (UNIT_SCALE * f32_le(swh, 0), UNIT_SCALE * f32_le(swh, 1));
+                    a2[0] = (x0 >> 8) as f32 * sx0 + (h0 >> 8) as f32 * sh0 + f32_le(b, 0);
+                    a2[1] = x1 as f32 * sx1 + h1 as f32 * sh1 + f32_le(b, 1);
+                }
+            } else {
+                for (((px, ph), a2), j0) in wx
+                    .chunks_exact(2 * h)
+                    .zip(wh.chunks_exact(2 * h))
+                    .zip(gates.chunks_exact_mut(2))
+                    .zip((0..).step_by(2))
+                {
+                    let (ax, ah) = (sums(px, xq, xk), sums(ph, hq, hk));
+                    for (r, a) in a2.iter_mut().enumerate() {
+                        let j = j0 + r;
+                        let shift = if r == 0 { 8 } else { 0 };
+                        let dx = (ax[r] >> shift) as f32 * (sx * f32_at(blob.wx_scales, j).unwrap_or(0.0));
+                        let dh = (ah[r] >> shift) as f32 * (UNIT_SCALE * f32_at(blob.wh_scales, j).unwrap_or(0.0));
+                        *a = dx + dh + f32_at(blob.bias, j).unwrap_or(0.0);
+                    }
                 }
             }
             activate_gates(gates);
@@ -282,10 +309,11 @@ impl<'m, F: AsRef<[f32]> + AsMut<[f32]>, Q: AsRef<[i32]> + AsMut<[i32]>> Predict
 
     /// The integer softmax sums over every word. Logits up to `lse.limit` only add their term;
     /// `candidate(v, y, lse)` receives every other one, in order, and must [`IntLse::push`]
-    /// it (and may move the limit, never above `lse.max`). On Cortex-M4 the whole pass is one
+    /// it (and may move the limit, never above `lse.max`; with `max_only`, always to exactly
+    /// `lse.max`). On Cortex-M4 the whole pass is one
     /// assembly loop ([`crate::quant`]'s DSP kernel), elsewhere the same arithmetic in Rust.
     #[inline(always)]
-    fn softmax_scan(&self, mut candidate: impl FnMut(usize, i32, &mut IntLse)) -> IntLse {
+    fn softmax_scan(&self, max_only: bool, mut candidate: impl FnMut(usize, i32, &mut IntLse)) -> IntLse {
         let mut lse = IntLse::new();
         #[cfg(arm_dsp)]
         {
@@ -295,7 +323,7 @@ impl<'m, F: AsRef<[f32]> + AsMut<[f32]>, Q: AsRef<[i32]> + AsMut<[i32]>> Predict
             if let [k] = offsets {
                 let rows = &self.model.embedding()[..pairs * 2 * h];
                 let affine = self.model.payload().logits;
-                if crate::quant::scan_logits(rows, x, *k, affine, &mut lse, &mut candidate) {
+                if crate::quant::scan_logits(max_only, rows, x, *k, affine, &mut lse, &mut candidate) {
                     for v in 2 * pairs..vocab {
                         let y = self.logit(v);
                         if y > lse.limit { candidate(v, y, &mut lse) } else { lse.push(y) }
@@ -304,6 +332,8 @@ impl<'m, F: AsRef<[f32]> + AsMut<[f32]>, Q: AsRef<[i32]> + AsMut<[i32]>> Predict
                 }
             }
         }
+        // The portable loop tests against the limit, whichever it is.
+        let _ = max_only;
         self.for_each_logit(|v, y| if y > lse.limit { candidate(v, y, &mut lse) } else { lse.push(y) });
         lse
     }
@@ -318,7 +348,7 @@ impl<'m, F: AsRef<[f32]> + AsMut<[f32]>, Q: AsRef<[i32]> + AsMut<[i32]>> Predict
             heapless::BinaryHeap::new();
         // Until the heap is full every word is a candidate; then only one with a logit above
         // the worst kept one (a tie loses: its id is larger), which never exceeds the maximum.
-        let lse = self.softmax_scan(|v, y, lse| {
+        let lse = self.softmax_scan(K == 1, |v, y, lse| {
             lse.push(y);
             lse.limit = admit(&mut heap, Ranked { logit: y, id: v as u32 });
         });
@@ -339,7 +369,7 @@ impl<'m, F: AsRef<[f32]> + AsMut<[f32]>, Q: AsRef<[i32]> + AsMut<[i32]>> Predict
         if target as usize >= self.model.vocab() {
             return Err(PredictError::Token { id: target, vocab: self.model.vocab() });
         }
-        let lse = self.softmax_scan(|_, y, lse| {
+        let lse = self.softmax_scan(true, |_, y, lse| {
             lse.push(y);
             lse.limit = lse.max;
         });
@@ -372,10 +402,28 @@ fn admit<const K: usize>(
     if heap.len() == K { heap.peek().map_or(i32::MIN, |w| w.0.logit) } else { i32::MIN }
 }
 
-/// `ints` → packed input, packed hidden state, and their segment offsets.
-fn split_ints(ints: &mut [i32], h: usize) -> (&mut [i32], &mut [i32], &mut [i32], &mut [i32]) {
+/// The parts of `ints`.
+type Ints<'a> = (&'a mut [i32], &'a mut [i32], &'a mut [i32], &'a mut [i32], &'a mut [i32], &'a mut [i32]);
+
+/// `ints` → packed input, packed hidden state, their segment offsets, and the gate sums
+/// against each.
+fn split_ints(ints: &mut [i32], h: usize) -> Ints<'_> {
     let (xq, rest) = ints.split_at_mut(h / 2);
     let (hq, rest) = rest.split_at_mut(h / 2);
-    let (xk, hk) = rest.split_at_mut(segments(h));
-    (xq, hq, xk, hk)
+    let (xk, rest) = rest.split_at_mut(segments(h));
+    let (hk, rest) = rest.split_at_mut(segments(h));
+    let (sums_x, sums_h) = rest.split_at_mut(4 * h);
+    (xq, hq, xk, hk, sums_x, sums_h)
+}
+
+/// `[A_even, A_odd]` of every pair of a one-segment matrix into `out` (two words per pair):
+/// one assembly loop on the Cortex-M4, [`pair_sums`] elsewhere.
+fn all_pair_sums(blob: &[u8], x: &[i32], offset: i32, out: &mut [i32]) {
+    #[cfg(arm_dsp)]
+    if crate::quant::all_pair_sums(blob, x, offset, out) {
+        return;
+    }
+    for (pair, o) in blob.chunks_exact(4 * x.len().max(1)).zip(out.as_chunks_mut::<2>().0) {
+        *o = pair_sums(pair, x, offset);
+    }
 }

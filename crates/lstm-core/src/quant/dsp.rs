@@ -85,6 +85,167 @@ macro_rules! first_chunk {
     };
 }
 
+/// `[A_even, A_odd]` (see [`super::paired::pair_sums`]) of every pair of `blob` (rows of
+/// `2·x.len()` columns, one segment) into `out`, two words per pair, in one assembly loop.
+/// Returns `false`, doing nothing, where the loop does not apply (unaligned data, `x.len()` not
+/// 8, 16 or 32 words, or `out` too short); the caller then takes the portable path.
+pub fn all_pair_sums(blob: &[u8], x: &[i32], offset: i32, out: &mut [i32]) -> bool {
+    match x.len() {
+        32 => all::<8>(blob, x, offset, out),
+        16 => all::<4>(blob, x, offset, out),
+        8 => all::<2>(blob, x, offset, out),
+        _ => false,
+    }
+}
+
+/// Pointers and the offset `all` reads with one `LDM` (order fixed).
+#[repr(C)]
+struct AllState {
+    out: *mut i32,
+    offset: i32,
+    end: *const i32,
+}
+
+#[inline(never)]
+fn all<const C: usize>(blob: &[u8], x: &[i32], offset: i32, out: &mut [i32]) -> bool {
+    let stride = 16 * C;
+    let pairs = blob.len() / stride;
+    let aligned = blob.as_ptr() as usize % 4 == 0;
+    if !aligned || x.len() != 4 * C || out.len() < 2 * pairs {
+        return false;
+    }
+    if pairs == 0 {
+        return true;
+    }
+    let mut st = AllState { out: out.as_mut_ptr(), offset, end: out[2 * pairs..].as_ptr() };
+    // SAFETY: `wp` walks `pairs` whole pairs of `blob` (`16·C` bytes each, word aligned:
+    // checked above); each pair reads the `4·C` words of `x` and rewinds `xp`; the loop writes
+    // two words per pair through `st.out`, which stops at `st.end = out + 2·pairs ≤ out.len()`.
+    // `st` is a local `repr(C)` struct (offsets 0–8). Registers: r0–r5, r8, r9 and the
+    // operands; the stack is untouched.
+    unsafe {
+        asm!(
+            "2:",
+            first_chunk!(),
+            ".rept {c1}",
+            chunk!(),
+            ".endr",
+            "sub {xp}, {xp}, #{xbytes}",
+            "ldm {st}, {{r0, r1, r2}}",
+            "sub {raw}, {raw}, {low}",
+            "sub {low}, {low}, r1",
+            "strd {raw}, {low}, [r0], #8",
+            "str r0, [{st}]",
+            "cmp r0, r2",
+            "blo 2b",
+            c1 = const C - 1,
+            xbytes = const 16 * C,
+            xp = inout(reg) x.as_ptr() => _,
+            wp = inout(reg) blob.as_ptr() => _,
+            raw = out(reg) _,
+            low = out(reg) _,
+            st = in(reg) &raw mut st,
+            out("r0") _, out("r1") _, out("r2") _, out("r3") _,
+            out("r4") _, out("r5") _, out("r8") _, out("r9") _,
+            options(nostack)
+        );
+    }
+    true
+}
+
+/// The two rows of a pair on the fast path, general form: `y ≤ limit` (r4) adds
+/// `T[min(max − y, 8191)]` to the sum (r2:r3) with `UMLAL` by one (`{low}`).
+macro_rules! rows_limit {
+    () => {
+        concat!(
+            "movs {low}, #1\n",
+            "cmp r8, r4\n",
+            "bgt 3f\n",
+            "sub {raw}, r1, r8\n",
+            "usat {raw}, #13, {raw}\n",
+            "ldr {raw}, [r5, {raw}, lsl #2]\n",
+            "umlal r2, r3, {raw}, {low}\n",
+            "cmp r9, r4\n",
+            "bgt 4f\n",
+            "sub {raw}, r1, r9\n",
+            "usat {raw}, #13, {raw}\n",
+            "ldr {raw}, [r5, {raw}, lsl #2]\n",
+            "umlal r2, r3, {raw}, {low}\n",
+        )
+    };
+}
+
+/// The same when the limit is the maximum (top-1, log-probabilities): one `SUBS` both tests
+/// and forms `max − y`, and r4 holds the one for `UMLAL`.
+macro_rules! rows_max {
+    () => {
+        concat!(
+            "subs {raw}, r1, r8\n",
+            "bmi 3f\n",
+            "usat {raw}, #13, {raw}\n",
+            "ldr {raw}, [r5, {raw}, lsl #2]\n",
+            "umlal r2, r3, {raw}, r4\n",
+            "subs {raw}, r1, r9\n",
+            "bmi 4f\n",
+            "usat {raw}, #13, {raw}\n",
+            "ldr {raw}, [r5, {raw}, lsl #2]\n",
+            "umlal r2, r3, {raw}, r4\n",
+        )
+    };
+}
+
+/// One entry into the scan loop (see [`scan`]): pairs until the end or a row off the fast path.
+macro_rules! scan_asm {
+    ($rows:expr, $c:ident, $x:ident, $wp:ident, $st:ident, $status:ident, $y0:ident, $y1:ident) => {
+        asm!(
+            "2:",
+            first_chunk!(),
+            ".rept {c1}",
+            chunk!(),
+            ".endr",
+            "sub {xp}, {xp}, #{xbytes}",
+            "ldm {st}, {{r0, r1, r2, r3, r4, r5, r8}}",
+            "sub {raw}, {raw}, {low}",
+            "sub {low}, {low}, r8",
+            "ldrd r8, r9, [r0], #8",
+            "smmla r8, {raw}, r8, r9",
+            "ldrd {raw}, r9, [r0], #8",
+            "smmla r9, {low}, {raw}, r9",
+            $rows,
+            "stm {st}, {{r0, r1, r2, r3}}",
+            "ldr r4, [{st}, #28]",
+            "cmp {wp}, r4",
+            "blo 2b",
+            "movs r0, #0",
+            "b 5f",
+            // The pair's first row leaves the fast path: report both rows.
+            "3:",
+            "str r0, [{st}]",
+            "mov {raw}, r8",
+            "mov {low}, r9",
+            "movs r0, #2",
+            "b 5f",
+            // The second row does: the first is accounted for.
+            "4:",
+            "stm {st}, {{r0, r1, r2, r3}}",
+            "mov {low}, r9",
+            "movs r0, #1",
+            "5:",
+            c1 = const $c - 1,
+            xbytes = const 16 * $c,
+            xp = inout(reg) $x.as_ptr() => _,
+            wp = inout(reg) $wp,
+            raw = out(reg) $y0,
+            low = out(reg) $y1,
+            st = in(reg) &raw mut $st,
+            out("r0") $status,
+            out("r1") _, out("r2") _, out("r3") _,
+            out("r4") _, out("r5") _, out("r8") _, out("r9") _,
+            options(nostack)
+        )
+    };
+}
+
 /// What the vocabulary scan shares with its assembly loop. One `LDM` reads the first seven
 /// fields into r0–r5, r8 and one `STM` writes back the first four, so the order is fixed.
 #[repr(C)]
@@ -110,11 +271,14 @@ struct ScanState {
 /// The integer logits `y = B + ⌊A·M/2³²⌋` of every pair of `blob` (rows of `2·x.len()`
 /// columns, one segment), accumulated into `sums` exactly like [`IntLse::push`] when
 /// `y ≤ sums.limit`; any other logit is handed to `slow(row, y, sums)` in row order, which must
-/// account for it (and may move `max`, `sum` and `limit`). Returns `false`, doing nothing,
+/// account for it (and may move `max`, `sum` and `limit`). `max_only` promises that the
+/// limit always equals the maximum (top-1, log-probabilities): a shorter loop. Returns `false`,
+/// doing nothing,
 /// where the assembly loop does not apply (unaligned data, or `x.len()` not 8, 16 or 32
 /// words); the caller then takes the portable path.
 #[inline(always)]
 pub fn scan_logits(
+    max_only: bool,
     blob: &[u8],
     x: &[i32],
     offset: i32,
@@ -123,15 +287,18 @@ pub fn scan_logits(
     slow: impl FnMut(usize, i32, &mut IntLse),
 ) -> bool {
     match x.len() {
-        32 => scan::<8>(blob, x, offset, affine, sums, slow),
-        16 => scan::<4>(blob, x, offset, affine, sums, slow),
-        8 => scan::<2>(blob, x, offset, affine, sums, slow),
+        32 if max_only => scan::<8, true>(blob, x, offset, affine, sums, slow),
+        16 if max_only => scan::<4, true>(blob, x, offset, affine, sums, slow),
+        8 if max_only => scan::<2, true>(blob, x, offset, affine, sums, slow),
+        32 => scan::<8, false>(blob, x, offset, affine, sums, slow),
+        16 => scan::<4, false>(blob, x, offset, affine, sums, slow),
+        8 => scan::<2, false>(blob, x, offset, affine, sums, slow),
         _ => false,
     }
 }
 
 #[inline(always)]
-fn scan<const C: usize>(
+fn scan<const C: usize, const MAX_ONLY: bool>(
     blob: &[u8],
     x: &[i32],
     offset: i32,
@@ -156,7 +323,9 @@ fn scan<const C: usize>(
         max: sums.max,
         sum_lo: sums.sum as u32,
         sum_hi: (sums.sum >> 32) as u32,
-        limit: sums.limit,
+        // With `MAX_ONLY` the loop never reads the limit (it is the maximum) and uses the
+        // word as the constant 1.
+        limit: if MAX_ONLY { 1 } else { sums.limit },
         table,
         offset,
         end,
@@ -174,64 +343,11 @@ fn scan<const C: usize>(
         // field offsets the `LDM`/`STM`/`LDR` below use (0–28). Registers: r0–r5, r8, r9 and
         // the operands; the stack is untouched.
         unsafe {
-            asm!(
-                "2:",
-                first_chunk!(),
-                ".rept {c1}",
-                chunk!(),
-                ".endr",
-                "sub {xp}, {xp}, #{xbytes}",
-                "ldm {st}, {{r0, r1, r2, r3, r4, r5, r8}}",
-                "sub {raw}, {raw}, {low}",
-                "sub {low}, {low}, r8",
-                "ldrd r8, r9, [r0], #8",
-                "smmla r8, {raw}, r8, r9",
-                "ldrd {raw}, r9, [r0], #8",
-                "smmla r9, {low}, {raw}, r9",
-                "movs {low}, #1",
-                "cmp r8, r4",
-                "bgt 3f",
-                "sub {raw}, r1, r8",
-                "usat {raw}, #13, {raw}",
-                "ldr {raw}, [r5, {raw}, lsl #2]",
-                "umlal r2, r3, {raw}, {low}",
-                "cmp r9, r4",
-                "bgt 4f",
-                "sub {raw}, r1, r9",
-                "usat {raw}, #13, {raw}",
-                "ldr {raw}, [r5, {raw}, lsl #2]",
-                "umlal r2, r3, {raw}, {low}",
-                "stm {st}, {{r0, r1, r2, r3}}",
-                "ldr r4, [{st}, #28]",
-                "cmp {wp}, r4",
-                "blo 2b",
-                "movs r0, #0",
-                "b 5f",
-                // The pair's first row leaves the fast path: report both rows.
-                "3:",
-                "str r0, [{st}]",
-                "mov {raw}, r8",
-                "mov {low}, r9",
-                "movs r0, #2",
-                "b 5f",
-                // The second row does: the first is accounted for.
-                "4:",
-                "stm {st}, {{r0, r1, r2, r3}}",
-                "mov {low}, r9",
-                "movs r0, #1",
-                "5:",
-                c1 = const C - 1,
-                xbytes = const 16 * C,
-                xp = inout(reg) x.as_ptr() => _,
-                wp = inout(reg) wp,
-                raw = out(reg) y0,
-                low = out(reg) y1,
-                st = in(reg) &raw mut st,
-                out("r0") status,
-                out("r1") _, out("r2") _, out("r3") _,
-                out("r4") _, out("r5") _, out("r8") _, out("r9") _,
-                options(nostack)
-            );
+            if MAX_ONLY {
+                scan_asm!(rows_max!(), C, x, wp, st, status, y0, y1);
+            } else {
+                scan_asm!(rows_limit!(), C, x, wp, st, status, y0, y1);
+            }
         }
         if status == 0 {
             break;
@@ -253,7 +369,9 @@ fn scan<const C: usize>(
         st.max = sums.max;
         st.sum_lo = sums.sum as u32;
         st.sum_hi = (sums.sum >> 32) as u32;
-        st.limit = sums.limit;
+        if !MAX_ONLY {
+            st.limit = sums.limit;
+        }
     }
     sums.max = st.max;
     sums.sum = u64::from(st.sum_lo) | u64::from(st.sum_hi) << 32;

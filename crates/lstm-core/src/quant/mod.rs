@@ -25,7 +25,7 @@ pub fn quantize(x: &[f32], q: &mut [i8]) -> f32 {
 #[cfg(arm_dsp)]
 mod dsp;
 #[cfg(arm_dsp)]
-pub(crate) use dsp::scan_logits;
+pub(crate) use dsp::{all_pair_sums, scan_logits};
 pub mod paired;
 
 /// The fixed quantization scale of hidden states, which lie in (−1, 1) (`h = o·tanh c`).
