@@ -219,10 +219,12 @@ pub fn run(cmd: BenchCommand) -> Result<(), String> {
             let eval_rows = eval_batch * eval_time;
             let mut eval_ws = Workspace::new(&layout, eval_batch, eval_time, gemm);
             let eval_ids: Vec<u32> = (0..eval_rows).map(|_| (rng.next_u64() % vocab as u64) as u32).collect();
+            // Like `training::perplexity`: the output layer prepared once for all batches.
             let t = Instant::now();
             let eval_iters = iters * 2;
+            let mut evaluation = eval_ws.evaluation(&params);
             for _ in 0..eval_iters {
-                eval_ws.eval_step(&params, &eval_ids, &eval_ids).map_err(|e| e.to_string())?;
+                evaluation.step(&eval_ids, &eval_ids).map_err(|e| e.to_string())?;
             }
             let eval_tps = (eval_iters * eval_rows) as f64 / t.elapsed().as_secs_f64();
             let peak = gemm_peak(2048);

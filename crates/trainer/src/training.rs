@@ -222,9 +222,10 @@ pub fn perplexity_with(
     let (mut ids, mut targets) = (vec![0u32; rows], vec![0u32; rows]);
     let mut total = 0.0f64;
     let iters = batches.iters();
+    let mut eval = ws.evaluation(params);
     for it in 0..iters {
         batches.fill(tokens, it, &mut ids, &mut targets);
-        total += ws.eval_step(params, &ids, &targets)?;
+        total += eval.step(&ids, &targets)?;
         progress(it + 1, iters);
     }
     Ok((total / (iters * rows).max(1) as f64).exp())
