@@ -86,7 +86,7 @@ fn pack_panels<const W: usize>(m: &Strided<'_>, rows: Range<usize>, ks: Range<us
                     dst[live..].fill(0.0);
                 }
             }
-        } else if m.cs == 1 && live == W && W % 8 == 0 {
+        } else if m.cs == 1 && live == W && W.is_multiple_of(8) {
             // Rows contiguous along k (B = Eᵀ of a row-major E, say): transpose 8 rows at a
             // time, so each step writes 8 consecutive floats instead of one strided float.
             for r0 in (0..W).step_by(8) {
