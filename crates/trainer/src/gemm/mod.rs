@@ -16,6 +16,12 @@ use nalgebra::{DMatrixView, DMatrixViewMut, Dyn};
 
 /// Below this many multiply-adds a product is not worth splitting.
 const MIN_PARALLEL_WORK: usize = 1 << 22;
+
+/// Steps of `k` per packed block unless [`FastGemm::with_k_block`] says otherwise.
+#[cfg(target_arch = "x86_64")]
+const DEFAULT_K_BLOCK: usize = packed::KC;
+#[cfg(not(target_arch = "x86_64"))]
+const DEFAULT_K_BLOCK: usize = 128;
 /// nalgebra hands a product to `matrixmultiply` only when every dimension exceeds 5; its own
 /// small-matrix loop mis-indexes strided (transposed) views, so those go to the reference
 /// kernel instead, and splits never produce a piece this small.
@@ -64,12 +70,21 @@ impl Backend {
 pub struct FastGemm {
     threads: usize,
     backend: Backend,
+    /// Steps of `k` per packed block on the AVX-512 backend.
+    k_block: usize,
 }
 
 impl FastGemm {
     /// A GEMM using up to `threads` threads of the current rayon pool.
     pub fn new(threads: usize) -> FastGemm {
-        FastGemm { threads: threads.max(1), backend: Backend::best() }
+        FastGemm { threads: threads.max(1), backend: Backend::best(), k_block: DEFAULT_K_BLOCK }
+    }
+
+    /// The same GEMM with k-blocks of `k_block` steps on the AVX-512 backend (the sums are
+    /// grouped differently, so results differ in the last bits; any fixed value is
+    /// reproducible). Wider models run faster with longer blocks (see `Workspace::new`).
+    pub fn with_k_block(self, k_block: usize) -> FastGemm {
+        FastGemm { k_block: k_block.max(1), ..self }
     }
 
     /// A GEMM using every thread of the current rayon pool.
@@ -95,7 +110,7 @@ impl FastGemm {
     pub fn prepare(&self, b: Mat<'_>, out: &mut PreparedB) {
         #[cfg(target_arch = "x86_64")]
         if self.backend == Backend::Avx512 {
-            out.packed.pack(&strided(&b));
+            out.packed.pack(&strided(&b), self.k_block);
         }
         out.shape = (b.rows(), b.cols());
     }
@@ -194,8 +209,10 @@ impl Rhs<'_> {
 /// rows (at a multiple of the tile height), or, for a product with few rows (a recurrent step:
 /// 20 × 4H), by columns, so each worker streams only its half of `B` instead of all of it.
 #[cfg(target_arch = "x86_64")]
+#[allow(clippy::too_many_arguments)]
 fn split_packed(
     kernel: avx512::Avx512,
+    k_block: usize,
     alpha: f32,
     a: packed::Strided<'_>,
     b: Rhs<'_>,
@@ -208,7 +225,7 @@ fn split_packed(
     let by_columns = row_panels < 4 && col_panels >= 2;
     if threads <= 1 || m * n * k < MIN_PARALLEL_WORK || (row_panels < 2 && !by_columns) {
         match b {
-            Rhs::Plain(b) => packed::gemm(kernel, alpha, a, b, beta, c),
+            Rhs::Plain(b) => packed::gemm(kernel, k_block, alpha, a, b, beta, c),
             Rhs::Packed(p, cols) => packed::gemm_prepacked(kernel, alpha, a, p, cols, beta, c),
         }
         return;
@@ -219,8 +236,8 @@ fn split_packed(
         let (b1, b2) = b.split_columns(mid);
         split_columns(c, m, n, mid, beta, |left, right| {
             rayon::join(
-                || split_packed(kernel, alpha, a, b1, beta, left, t1),
-                || split_packed(kernel, alpha, a, b2, beta, right, t2),
+                || split_packed(kernel, k_block, alpha, a, b1, beta, left, t1),
+                || split_packed(kernel, k_block, alpha, a, b2, beta, right, t2),
             );
         });
         return;
@@ -230,8 +247,8 @@ fn split_packed(
     let (a1, a2) = (a.rows_range(0..mid), a.rows_range(mid..m));
     let b2 = b.clone();
     rayon::join(
-        || split_packed(kernel, alpha, a1, b, beta, c1, t1),
-        || split_packed(kernel, alpha, a2, b2, beta, c2, t2),
+        || split_packed(kernel, k_block, alpha, a1, b, beta, c1, t1),
+        || split_packed(kernel, k_block, alpha, a2, b2, beta, c2, t2),
     );
 }
 
@@ -274,6 +291,7 @@ fn strided<'a>(m: &Mat<'a>) -> packed::Strided<'a> {
 #[cfg(target_arch = "x86_64")]
 struct PackedRhs<'a> {
     kernel: avx512::Avx512,
+    k_block: usize,
     threads: usize,
     b: Mat<'a>,
     packed: &'a packed::PackedB,
@@ -285,6 +303,7 @@ impl FixedRhsGemm for PackedRhs<'_> {
         check_gemm_shapes(&a, &self.b, c.len());
         split_packed(
             self.kernel,
+            self.k_block,
             alpha,
             strided(&a),
             Rhs::Packed(self.packed, 0..self.b.cols()),
@@ -308,8 +327,8 @@ impl Gemm for FastGemm {
             let kernel = avx512::Avx512::detect().expect("Backend::Avx512 is only chosen on AVX-512 CPUs");
             // Taken out rather than borrowed, so a nested call packs into a fresh buffer.
             let mut packed = RHS_PACK.with_borrow_mut(std::mem::take);
-            packed.pack(&strided(&b));
-            let result = body(&PackedRhs { kernel, threads: self.threads, b, packed: &packed });
+            packed.pack(&strided(&b), self.k_block);
+            let result = body(&PackedRhs { kernel, k_block: self.k_block, threads: self.threads, b, packed: &packed });
             RHS_PACK.with_borrow_mut(|slot| *slot = packed);
             return result;
         }
@@ -325,7 +344,7 @@ impl Gemm for FastGemm {
         #[cfg(target_arch = "x86_64")]
         if self.backend == Backend::Avx512 {
             let kernel = avx512::Avx512::detect().expect("Backend::Avx512 is only chosen on AVX-512 CPUs");
-            split_packed(kernel, alpha, strided(&a), Rhs::Plain(strided(&b)), beta, c, self.threads);
+            split_packed(kernel, self.k_block, alpha, strided(&a), Rhs::Plain(strided(&b)), beta, c, self.threads);
             return;
         }
         if m <= SMALL_DIM || n <= SMALL_DIM || a.cols() <= SMALL_DIM {
@@ -350,7 +369,7 @@ mod tests {
     fn matches_the_reference_for_every_transposition_and_split() {
         let mut rng = Rng::new(9);
         // Shapes straddling every tile and block edge of the packed backend (MR 10, NR 32,
-        // KC 256, MC 300, NC 2048) as well as the tiny ones.
+        // k-blocks 128 and 256, MC 300, NC 2048) as well as the tiny ones.
         let shapes = [
             (1, 1, 1),
             (3, 5, 7),
@@ -361,12 +380,12 @@ mod tests {
             (311, 2081, 20),
             (31, 33, 600),
         ];
-        for backend in [Backend::Avx512, Backend::Nalgebra] {
-            let Some(fast) = FastGemm::new(1).with_backend(backend) else {
+        for (backend, k_block) in [(Backend::Avx512, 128), (Backend::Avx512, 256), (Backend::Nalgebra, 128)] {
+            let Some(fast) = FastGemm::new(1).with_backend(backend).map(|g| g.with_k_block(k_block)) else {
                 eprintln!("{backend:?} not available on this CPU: skipped");
                 continue;
             };
-            let many_threads = FastGemm::new(4).with_backend(backend).expect("available");
+            let many_threads = FastGemm::new(4).with_backend(backend).expect("available").with_k_block(k_block);
             for &(m, n, k) in &shapes {
                 let a: Vec<f32> = (0..m * k).map(|_| rng.normal()).collect();
                 let b: Vec<f32> = (0..k * n).map(|_| rng.normal()).collect();
@@ -401,9 +420,10 @@ mod tests {
             let b: Vec<f32> = (0..k * n).map(|_| rng.normal()).collect();
             let c0: Vec<f32> = (0..m * n).map(|_| rng.normal()).collect();
             let a_steps: Vec<Vec<f32>> = (0..3).map(|_| (0..m * k).map(|_| rng.normal()).collect()).collect();
-            for backend in [Backend::Avx512, Backend::Nalgebra] {
+            for (backend, k_block) in [(Backend::Avx512, 128), (Backend::Avx512, 256), (Backend::Nalgebra, 128)] {
                 for threads in [1, 2, 3] {
                     let Some(fast) = FastGemm::new(threads).with_backend(backend) else { continue };
+                    let fast = fast.with_k_block(k_block);
                     let bm = Mat::new(&b, k, n);
                     let mut plain = c0.clone();
                     for (i, a) in a_steps.iter().enumerate() {

@@ -14,9 +14,9 @@ use super::avx512::{APanel, Avx512, BPanel, MR, NR};
 use std::cell::RefCell;
 use std::ops::Range;
 
-/// Steps of `k` per packed block (B panel 16 KiB + A panel 5 KiB, well inside the 48 KiB L1d;
-/// 256 measured slower on the `book` shapes).
-const KC: usize = 128;
+/// Default steps of `k` per packed block (B panel 16 KiB + A panel 5 KiB, well inside the
+/// 48 KiB L1d); callers choose per product (`FastGemm::with_k_block`).
+pub const KC: usize = 128;
 /// Rows of `A` per packed block (a multiple of `MR`; ~300 KiB, well inside L2).
 const MC: usize = 300;
 /// Columns of `B` per packed block (a multiple of `NR`; `KC × NC` floats = 1 MiB).
@@ -134,15 +134,18 @@ pub struct PackedB {
     data: Vec<f32>,
     k: usize,
     n: usize,
+    kc: usize,
 }
 
 impl PackedB {
-    /// Packs `b` (reusing this buffer's allocation).
-    pub fn pack(&mut self, b: &Strided<'_>) {
+    /// Packs `b` in k-blocks of `kc` (reusing this buffer's allocation).
+    pub fn pack(&mut self, b: &Strided<'_>, kc: usize) {
         let (k, n) = (b.rows, b.cols);
         let padded = n.div_ceil(NR) * NR;
+        let kc = kc.max(1);
         self.k = k;
         self.n = n;
+        self.kc = kc;
         self.data.resize(k * padded, 0.0);
         // Panels are independent: a large operand (the 26 MB embedding of `book`, say) is
         // packed in groups of panels on the pool's threads, since one core does not saturate
@@ -151,8 +154,8 @@ impl PackedB {
         use rayon::prelude::*;
         let panels = padded / NR;
         let per_task = if k * padded >= PARALLEL_PACK_MIN { panels.div_ceil(8) } else { panels };
-        for (q, block) in self.data.chunks_mut(KC * padded).enumerate() {
-            let ks = q * KC..k.min(q * KC + KC);
+        for (q, block) in self.data.chunks_mut(kc * padded).enumerate() {
+            let ks = q * kc..k.min(q * kc + kc);
             let kb = ks.len();
             block.par_chunks_mut(kb * NR * per_task).enumerate().for_each(|(t, part)| {
                 let j0 = t * per_task * NR;
@@ -268,7 +271,7 @@ fn a_source<'a>(a: &Strided<'a>, rows: Range<usize>, ks: Range<usize>, n: usize,
 
 /// `C ← alpha·A·B + beta·C` on one thread; `c` is row-major with `b.cols` columns.
 /// With `beta == 0`, `C` is never read.
-pub fn gemm(kernel: Avx512, alpha: f32, a: Strided<'_>, b: Strided<'_>, beta: f32, c: &mut [f32]) {
+pub fn gemm(kernel: Avx512, kc: usize, alpha: f32, a: Strided<'_>, b: Strided<'_>, beta: f32, c: &mut [f32]) {
     let (m, n, k) = (a.rows, b.cols, a.cols);
     debug_assert_eq!(k, b.rows);
     debug_assert_eq!(c.len(), m * n);
@@ -278,13 +281,14 @@ pub fn gemm(kernel: Avx512, alpha: f32, a: Strided<'_>, b: Strided<'_>, beta: f3
     if k == 0 {
         return scale_only(beta, c);
     }
+    let kc = kc.max(1);
     PACKS.with_borrow_mut(|(apack, bpack)| {
-        apack.resize(MC * KC, 0.0);
-        bpack.resize(KC * NC, 0.0);
+        apack.resize(MC * kc, 0.0);
+        bpack.resize(kc * NC, 0.0);
         for jc in (0..n).step_by(NC) {
             let cols = jc..n.min(jc + NC);
-            for pc in (0..k).step_by(KC) {
-                let ks = pc..k.min(pc + KC);
+            for pc in (0..k).step_by(kc) {
+                let ks = pc..k.min(pc + kc);
                 // In place for a small row-major B that meets few row panels (the embedded LSTM's
                 // per-step products). A large one is packed even then: its rows, a page or more
                 // apart, defeat the prefetcher (packing measured 1.4× faster for 20×2600×650).
@@ -333,10 +337,11 @@ pub fn gemm_prepacked(
         return scale_only(beta, c);
     }
     let first_panel = cols.start / NR;
+    let kc = b.kc;
     PACKS.with_borrow_mut(|(apack, _)| {
-        apack.resize(MC * KC, 0.0);
-        for pc in (0..k).step_by(KC) {
-            let ks = pc..k.min(pc + KC);
+        apack.resize(MC * kc, 0.0);
+        for pc in (0..k).step_by(kc) {
+            let ks = pc..k.min(pc + kc);
             let kb = ks.len();
             let beta = if pc == 0 { beta } else { 1.0 };
             let panels = BSrc::Packed(&b.block(&ks)[first_panel * kb * NR..]);
