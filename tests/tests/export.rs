@@ -12,7 +12,7 @@ use trainer::{Checkpoint, Corpus};
 mod common;
 
 fn trained(dir: &std::path::Path) -> (Corpus, Checkpoint) {
-    common::write_toy_corpus(dir, 400);
+    common::write_toy_corpus(dir, 2000);
     let corpus = Corpus::load(dir).unwrap();
     let mut config = Config::preset("tiny").unwrap();
     config.epochs = 4;
@@ -83,7 +83,7 @@ fn int8_export_round_trips_and_predicts_like_the_f32_model() {
     words.sort();
     assert_eq!(words, ["buys", "likes", "sees", "sells", "watches"]);
     let mass: f32 = top.iter().map(|c| c.prob).sum();
-    assert!(mass > 0.9, "probability mass on the verbs {mass}");
+    assert!(mass > 0.95, "probability mass on the verbs {mass}");
 }
 
 #[test]
