@@ -49,20 +49,25 @@ fn larger(a: f32, b: f32) -> f32 {
 }
 
 /// Independent partial results per reduction: several vector registers of work in flight, so
-/// the passes run at the machine's throughput rather than at one add's latency.
-const LANES: usize = 16;
+/// the passes run at the machine's throughput rather than at one add's latency (32 measured
+/// 25% faster than 16 for the loss-only pass on the AVX-512 host).
+const LANES: usize = 32;
 
 /// The fixed reduction tree over the lanes.
 #[inline(always)]
 fn fold_lanes(l: &[f32; LANES]) -> f32 {
-    let mut half = [0.0f32; LANES / 2];
-    for (i, h) in half.iter_mut().enumerate() {
-        *h = l[i] + l[i + LANES / 2];
+    let mut v = *l;
+    let mut n = LANES;
+    while n > 1 {
+        n /= 2;
+        for i in 0..n {
+            v[i] += v[i + n];
+        }
     }
-    ((half[0] + half[4]) + (half[1] + half[5])) + ((half[2] + half[6]) + (half[3] + half[7]))
+    v[0]
 }
 
-/// Σ values in a fixed order that vectorises: 16 interleaved partial sums, then a fixed tree,
+/// Σ values in a fixed order that vectorises: 32 interleaved partial sums, then a fixed tree,
 /// then the tail in order.
 #[inline]
 pub fn sum(values: &[f32]) -> f32 {
