@@ -12,8 +12,10 @@
 //!
 //! One concept per module, each with its own tests:
 //! [`activation`], [`exp`], [`gemm`], [`cell`], [`layer`], [`embedding`], [`affine`], [`softmax`],
-//! [`dropout`], [`rng`], [`optim`]; the int8 path: [`quant`], [`format`] (the exported model
-//! file, read in place) and [`predictor`] (next-word prediction with RAM independent of V).
+//! [`dropout`], [`rng`], [`optim`]; the int8 path: [`quant`] (per-row quantization, the paired
+//! row layout and its Cortex-M4 kernels), [`exp_table`] (the integer softmax), [`format`] (the
+//! exported model file, read in place) and [`predictor`] (next-word prediction with RAM
+//! independent of V).
 #![no_std]
 // `unsafe` is denied everywhere but `quant::dsp` (single DSP instructions, Cortex-M4 only).
 #![deny(unsafe_code)]

@@ -1,9 +1,12 @@
-//! Symmetric int8 quantization and the integer dot product of the quantized path.
+//! Symmetric int8 quantization and the integer dot products of the quantized path.
 //!
-//! A vector `x` is stored as `q = round(x / s)` with `s = max|x| / 127`, so `x ≈ s·q` and
-//! `q ∈ [−127, 127]`. Products of two quantized vectors are exact in i32 (|q·q| ≤ 16129, so
-//! up to 133 000 terms cannot overflow), then scaled back in f32. Only integer arithmetic,
-//! IEEE-exact f32 operations and `libm` are used, so every target computes identical bits.
+//! A weight row `x` is stored as `q = round(x / s)` with `s = max|x| / 127`, so `x ≈ s·q` and
+//! `q ∈ [−127, 127]`; hidden states, which lie in (−1, 1), use the fixed scale 1/127
+//! ([`quantize_unit`]). Rows are stored two by two ([`paired`]) and their dot products with
+//! int16 activations are exact integers, scaled back in f32 (LSTM gates) or kept as integers
+//! (logits, see `format`). Only integer arithmetic, IEEE-exact f32 operations and `libm` are
+//! used, so every target computes identical bits; `dsp` (Cortex-M4 only) is the one place with
+//! `unsafe`, hand-scheduled `SMLAD` loops that produce the same integers as the portable code.
 
 /// Scale for a vector whose largest magnitude is `max_abs` (1 for an all-zero vector, so that
 /// dequantization never divides by zero).
