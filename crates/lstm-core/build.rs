@@ -1,5 +1,5 @@
 //! Flags targets whose cores always have the Armv7E-M DSP extension (Cortex-M4/M7/M33 with
-//! DSP), for the SMLAD/SXTB16 int8 kernel. `target_feature = "dsp"` is not visible to `cfg` on
+//! DSP), for the SMLAD/UXTB16 int8 kernels. `target_feature = "dsp"` is not visible to `cfg` on
 //! stable Rust, so the target name decides.
 fn main() {
     println!("cargo:rustc-check-cfg=cfg(arm_dsp)");
