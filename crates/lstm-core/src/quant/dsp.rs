@@ -13,8 +13,9 @@ use core::arch::asm;
 /// Words per `LDM` (one chunk).
 const CHUNK: usize = 4;
 
-/// `[raw, low]` over `n = x.len()` words: `pair` must hold `4n` bytes. Word-aligned pairs take
-/// the `LDM` kernel, others (never produced by the model format) the portable loop.
+/// `[raw, low]` over `n = x.len()` words: `pair` must hold `4n` bytes. Word-aligned pairs of
+/// 8–128 words (D = 16 … 256 in steps of doubling) take the unrolled `LDM` kernel, the rest
+/// (never produced by the `embedded` or test models) the portable loop.
 #[inline(always)]
 pub fn raw_sums(pair: &[u8], x: &[i32]) -> [i32; 2] {
     let n = x.len();
@@ -29,7 +30,7 @@ pub fn raw_sums(pair: &[u8], x: &[i32]) -> [i32; 2] {
         16 => unrolled::<16>(pair, x),
         32 => unrolled::<32>(pair, x),
         2 => unrolled::<2>(pair, x),
-        _ => looped(pair, x, chunks),
+        _ => return super::paired::raw_sums_portable(pair, x),
     };
     let done = CHUNK * chunks;
     if done < n {
@@ -400,31 +401,6 @@ fn unrolled<const C: usize>(pair: &[u8], x: &[i32]) -> [i32; 2] {
             out("r0") _, out("r1") _, out("r2") _, out("r3") _,
             out("r4") _, out("r5") _, out("r8") _, out("r9") _,
             options(nostack, readonly, preserves_flags)
-        );
-    }
-    [raw, low]
-}
-
-/// Any number (≥ 1) of chunks, with a counter.
-#[inline(always)]
-fn looped(pair: &[u8], x: &[i32], chunks: usize) -> [i32; 2] {
-    let (mut raw, mut low) = (0i32, 0i32);
-    // SAFETY: as in `unrolled`, with `chunks ≥ 1` iterations of 16 bytes from each pointer,
-    // `16·chunks ≤ 4·x.len() ≤ pair.len()`. SUBS clobbers the flags (no `preserves_flags`).
-    unsafe {
-        asm!(
-            "2:",
-            chunk!(),
-            "subs {n}, {n}, #1",
-            "bne 2b",
-            n = inout(reg) chunks => _,
-            xp = inout(reg) x.as_ptr() => _,
-            wp = inout(reg) pair.as_ptr() => _,
-            raw = inout(reg) raw,
-            low = inout(reg) low,
-            out("r0") _, out("r1") _, out("r2") _, out("r3") _,
-            out("r4") _, out("r5") _, out("r8") _, out("r9") _,
-            options(nostack, readonly)
         );
     }
     [raw, low]
