@@ -114,12 +114,15 @@ pub fn macs_per_token(dims: Dims) -> f64 {
 
 /// GFLOP/s of a `n³` product through [`FastGemm`] (best of a few short runs).
 pub fn gemm_peak(n: usize) -> f64 {
-    (0..3).map(|_| gemm_gflops(FastGemm::all_threads(), n, n, n, false, false, 0.3)).fold(0.0, f64::max)
+    (0..3).map(|_| gemm_gflops(FastGemm::all_threads(), n, n, n, false, false, false, 0.3)).fold(0.0, f64::max)
 }
 
 /// GFLOP/s of `C (m×n) = A (m×k) · B (k×n)`, each operand read from transposed storage when
 /// asked, repeated for at least `min_s` seconds after a warm-up.
-fn gemm_gflops(gemm: FastGemm, m: usize, n: usize, k: usize, ta: bool, tb: bool, min_s: f64) -> f64 {
+/// GFLOP/s of `C += A·B` repeated for `min_s` seconds; with `fixed_rhs`, through
+/// [`Gemm::with_rhs`] as the recurrent steps run (B prepared once for all repetitions).
+#[allow(clippy::too_many_arguments)]
+fn gemm_gflops(gemm: FastGemm, m: usize, n: usize, k: usize, ta: bool, tb: bool, fixed_rhs: bool, min_s: f64) -> f64 {
     let mut rng = Rng::new(1);
     let a: Vec<f32> = (0..m * k).map(|_| rng.normal()).collect();
     let b: Vec<f32> = (0..k * n).map(|_| rng.normal()).collect();
@@ -127,31 +130,41 @@ fn gemm_gflops(gemm: FastGemm, m: usize, n: usize, k: usize, ta: bool, tb: bool,
     let am = if ta { Mat::new(&a, k, m).t() } else { Mat::new(&a, m, k) };
     let bm = if tb { Mat::new(&b, n, k).t() } else { Mat::new(&b, k, n) };
     gemm.gemm(1.0, am, bm, 0.0, &mut c); // warm-up
-    let t = Instant::now();
     let mut reps = 0;
-    while reps == 0 || t.elapsed().as_secs_f64() < min_s {
-        gemm.gemm(1.0, am, bm, 1.0, &mut c);
-        reps += 1;
-    }
-    2.0 * (m * n * k) as f64 * reps as f64 / t.elapsed().as_secs_f64() / 1e9
+    let run = |product: &dyn Fn(&mut [f32]), c: &mut [f32], reps: &mut usize| {
+        let t = Instant::now();
+        while *reps == 0 || t.elapsed().as_secs_f64() < min_s {
+            product(c);
+            *reps += 1;
+        }
+        t.elapsed().as_secs_f64()
+    };
+    let secs = if fixed_rhs {
+        gemm.with_rhs(bm, |rhs| run(&|c| rhs.gemm(1.0, am, 1.0, c), &mut c, &mut reps))
+    } else {
+        run(&|c| gemm.gemm(1.0, am, bm, 1.0, c), &mut c, &mut reps)
+    };
+    2.0 * (m * n * k) as f64 * reps as f64 / secs / 1e9
 }
 
 fn bench_gemm(preset: &str, vocab: usize) -> Result<(), String> {
     let cfg = Config::preset(preset).map_err(|e| e.to_string())?;
     let (rows, n, d, g) = (cfg.batch * cfg.time, cfg.batch, cfg.dim, 4 * cfg.dim);
-    // (name, m, n, k, A transposed, B transposed): the products of one training step.
+    // (name, m, n, k, A transposed, B transposed, B fixed across calls): the products of one
+    // training step; the recurrent ones run, as in training, against a `Wh` prepared once.
     let shapes = [
-        ("logits  h·Eᵀ", rows, vocab, d, false, true),
-        ("out dE  dYᵀ·h", vocab, d, rows, true, false),
-        ("out dh  dY·E", rows, d, vocab, false, false),
-        ("lstm x·Wx", rows, g, d, false, false),
-        ("lstm h·Wh (step)", n, g, d, false, false),
-        ("lstm da·Whᵀ (step)", n, d, g, false, false),
-        ("lstm dWx xᵀ·dA", d, g, rows, true, false),
-        ("lstm dx dA·Wxᵀ", rows, d, g, false, true),
-        ("square 2048³", 2048, 2048, 2048, false, false),
+        ("logits  h·Eᵀ", rows, vocab, d, false, true, false),
+        ("out dE  dYᵀ·h", vocab, d, rows, true, false, false),
+        ("out dh  dY·E", rows, d, vocab, false, false, false),
+        ("lstm x·Wx", rows, g, d, false, false, false),
+        ("lstm h·Wh (step)", n, g, d, false, false, true),
+        ("lstm da·Whᵀ (step)", n, d, g, false, false, true),
+        ("lstm dWx xᵀ·dA", d, g, rows, true, false, false),
+        ("lstm dx dA·Wxᵀ", rows, d, g, false, true, false),
+        ("square 2048³", 2048, 2048, 2048, false, false, false),
     ];
-    let base = FastGemm::all_threads();
+    // The k-block a training workspace of this width uses.
+    let base = FastGemm::all_threads().with_k_block(trainer::model::k_block_for(d));
     let backends: Vec<FastGemm> =
         [Backend::Avx512, Backend::Nalgebra].into_iter().filter_map(|b| base.with_backend(b)).collect();
     outln!(
@@ -160,13 +173,13 @@ fn bench_gemm(preset: &str, vocab: usize) -> Result<(), String> {
     )?;
     let header: Vec<String> = backends.iter().map(|g| format!("{:>22}", g.backend().name())).collect();
     outln!("{:<22} {:>18} {}", "product", "m × n × k", header.join(""))?;
-    for (name, m, nn, k, ta, tb) in shapes {
+    for (name, m, nn, k, ta, tb, fixed) in shapes {
         // The backends take turns, and each keeps its best of several short runs: on a shared
         // machine, noise only ever slows a run down.
         let mut best = vec![0.0f64; backends.len()];
         for _ in 0..5 {
             for (b, &g) in best.iter_mut().zip(&backends) {
-                *b = b.max(gemm_gflops(g, m, nn, k, ta, tb, 0.1));
+                *b = b.max(gemm_gflops(g, m, nn, k, ta, tb, fixed, 0.1));
             }
         }
         let cells: Vec<String> = best.iter().map(|v| format!("{v:>22.1}")).collect();

@@ -124,6 +124,11 @@ thread_local! {
 /// k-block of the GEMM for models wider than 128 (see [`Workspace::new`]).
 const WIDE_K_BLOCK: usize = 256;
 
+/// The GEMM k-block a [`Workspace`] of width `dim` uses (for benchmarks that mimic it).
+pub fn k_block_for(dim: usize) -> usize {
+    if dim > 128 { WIDE_K_BLOCK } else { 128 }
+}
+
 /// Names of the phases of a training step, in order (see [`StepProfile`]).
 pub const STEP_PHASES: [&str; 6] = [
     "embedding + LSTM forward",
@@ -167,7 +172,7 @@ impl Workspace {
         // Wider models (no fused output layer) ran faster with k-blocks of 256 in same-process
         // A/B, step by step: `small` +2–8% (mean +5%, six rounds), `book` −1 to +8% (mean
         // +4%, six rounds); the fused path of D ≤ 128 ran 1–4% slower, so it keeps 128.
-        let gemm = gemm.with_k_block(if dim > 128 { WIDE_K_BLOCK } else { 128 });
+        let gemm = gemm.with_k_block(k_block_for(dim));
         let rows = batch * time;
         let lstm_layers = (0..layers)
             .map(|_| {
