@@ -14,8 +14,9 @@
 //! The output layer is integer-only: logit `v` in units of 1/256 nat is
 //! `y = B + ⌊A·M / 2³²⌋` (see [`crate::format`]), and the softmax is taken over these quantized
 //! logits with the exact table `e^(−d/256)` of [`crate::exp_table`]: per word one multiply, one
-//! compare and one table read, no floating point, the same bits on every target. Quantizing a
-//! logit to 1/256 nat moves a probability by at most 0.2 %, far below the int8 weights' effect.
+//! compare and one table read, no floating point, the same bits on every target. Rounding a
+//! logit down to a multiple of 1/256 nat moves a probability by less than 0.4 %, far below the
+//! int8 weights' effect.
 
 use crate::Rng;
 use crate::cell::{activate_gates, update_state};
