@@ -42,15 +42,20 @@ pub fn raw_sums(pair: &[u8], x: &[i32]) -> [i32; 2] {
 }
 
 /// One chunk: four activation words into r0–r3, four weight words into r4, r5, r8, r9
-/// (`LDM` lists must ascend), three instructions per weight word.
+/// (`LDM` lists must ascend), three instructions per weight word. The two arguments are the
+/// instructions for the first word's raw and low sums: `SMLAD` accumulates (the default),
+/// `SMUAD` starts both sums without zeroing instructions (`first_chunk!`).
 macro_rules! chunk {
     () => {
+        chunk!("smlad {raw}, r4, r0, {raw}\n", "smlad {low}, r4, r0, {low}\n")
+    };
+    ($raw0:literal, $low0:literal) => {
         concat!(
             "ldm {xp}!, {{r0, r1, r2, r3}}\n",
             "ldm {wp}!, {{r4, r5, r8, r9}}\n",
-            "smlad {raw}, r4, r0, {raw}\n",
+            $raw0,
             "uxtb16 r4, r4\n",
-            "smlad {low}, r4, r0, {low}\n",
+            $low0,
             "smlad {raw}, r5, r1, {raw}\n",
             "uxtb16 r5, r5\n",
             "smlad {low}, r5, r1, {low}\n",
@@ -64,25 +69,10 @@ macro_rules! chunk {
     };
 }
 
-/// The first chunk of a pair: `SMUAD` starts both sums (no zeroing instructions).
+/// The first chunk of a pair: `SMUAD` starts both sums.
 macro_rules! first_chunk {
     () => {
-        concat!(
-            "ldm {xp}!, {{r0, r1, r2, r3}}\n",
-            "ldm {wp}!, {{r4, r5, r8, r9}}\n",
-            "smuad {raw}, r4, r0\n",
-            "uxtb16 r4, r4\n",
-            "smuad {low}, r4, r0\n",
-            "smlad {raw}, r5, r1, {raw}\n",
-            "uxtb16 r5, r5\n",
-            "smlad {low}, r5, r1, {low}\n",
-            "smlad {raw}, r8, r2, {raw}\n",
-            "uxtb16 r8, r8\n",
-            "smlad {low}, r8, r2, {low}\n",
-            "smlad {raw}, r9, r3, {raw}\n",
-            "uxtb16 r9, r9\n",
-            "smlad {low}, r9, r3, {low}\n",
-        )
+        chunk!("smuad {raw}, r4, r0\n", "smuad {low}, r4, r0\n")
     };
 }
 
@@ -269,14 +259,28 @@ struct ScanState {
     end: *const u8,
 }
 
+impl ScanState {
+    /// Copies the running maximum and sum into `sums`.
+    fn store(&self, sums: &mut IntLse) {
+        sums.max = self.max;
+        sums.sum = u64::from(self.sum_lo) | u64::from(self.sum_hi) << 32;
+    }
+
+    /// Takes the running maximum and sum from `sums`.
+    fn load(&mut self, sums: &IntLse) {
+        self.max = sums.max;
+        self.sum_lo = sums.sum as u32;
+        self.sum_hi = (sums.sum >> 32) as u32;
+    }
+}
+
 /// The integer logits `y = B + ⌊A·M/2³²⌋` of every pair of `blob` (rows of `2·x.len()`
 /// columns, one segment), accumulated into `sums` exactly like [`IntLse::push`] when
 /// `y ≤ sums.limit`; any other logit is handed to `slow(row, y, sums)` in row order, which must
 /// account for it (and may move `max`, `sum` and `limit`). `max_only` promises that the
 /// limit always equals the maximum (top-1, log-probabilities): a shorter loop. Returns `false`,
-/// doing nothing,
-/// where the assembly loop does not apply (unaligned data, or `x.len()` not 8, 16 or 32
-/// words); the caller then takes the portable path.
+/// doing nothing, where the assembly loop does not apply (unaligned data, or `x.len()` not 8,
+/// 16 or 32 words); the caller then takes the portable path.
 #[inline(always)]
 pub fn scan_logits(
     max_only: bool,
@@ -321,9 +325,9 @@ fn scan<const C: usize, const MAX_ONLY: bool>(
     let end = blob[pairs * stride..].as_ptr();
     let mut st = ScanState {
         affine: affine.as_ptr(),
-        max: sums.max,
-        sum_lo: sums.sum as u32,
-        sum_hi: (sums.sum >> 32) as u32,
+        max: 0,
+        sum_lo: 0,
+        sum_hi: 0,
         // With `MAX_ONLY` the loop never reads the limit (it is the maximum) and uses the
         // word as the constant 1.
         limit: if MAX_ONLY { 1 } else { sums.limit },
@@ -331,6 +335,7 @@ fn scan<const C: usize, const MAX_ONLY: bool>(
         offset,
         end,
     };
+    st.load(sums);
     let mut wp = start;
     while wp < end {
         let (status, y0, y1): (u32, i32, i32);
@@ -354,8 +359,7 @@ fn scan<const C: usize, const MAX_ONLY: bool>(
             break;
         }
         let pair = (wp as usize - start as usize) / stride - 1;
-        sums.max = st.max;
-        sums.sum = u64::from(st.sum_lo) | u64::from(st.sum_hi) << 32;
+        st.store(sums);
         if status == 2 {
             slow(2 * pair, y0, sums);
             // The second row has not been looked at: the first may have moved the limit.
@@ -367,15 +371,12 @@ fn scan<const C: usize, const MAX_ONLY: bool>(
         } else {
             slow(2 * pair + 1, y1, sums);
         }
-        st.max = sums.max;
-        st.sum_lo = sums.sum as u32;
-        st.sum_hi = (sums.sum >> 32) as u32;
+        st.load(sums);
         if !MAX_ONLY {
             st.limit = sums.limit;
         }
     }
-    sums.max = st.max;
-    sums.sum = u64::from(st.sum_lo) | u64::from(st.sum_hi) << 32;
+    st.store(sums);
     true
 }
 
