@@ -4,8 +4,8 @@
 use lstm_core::format::{
     FORMAT_VERSION, FormatError, Header, LayerBlob, MAGIC, Payload, QuantModel, SCHEME_INT8_PAIRED, logit_affine,
 };
-use lstm_core::quant::paired::{encode_paired, paired_len, paired_weight};
-use lstm_core::quant::{quantize, quantize_unit};
+use lstm_core::quant::paired::{paired_len, paired_weight, quantize_paired};
+use lstm_core::quant::quantize_unit;
 use lstm_core::{Predictor, Rng};
 use proptest::prelude::*;
 
@@ -28,15 +28,11 @@ fn le(xs: impl IntoIterator<Item = f32>) -> Vec<u8> {
 
 /// Random rows quantized per row, appended to `weights` in the paired layout; returns the scales.
 fn quantized_rows(rng: &mut Rng, rows: usize, cols: usize, std: f32, weights: &mut Vec<u8>) -> Vec<f32> {
-    let mut q = vec![0i8; rows * cols];
-    let mut scales = Vec::new();
-    for r in 0..rows {
-        let row: Vec<f32> = (0..cols).map(|_| rng.normal() * std).collect();
-        scales.push(quantize(&row, &mut q[r * cols..(r + 1) * cols]));
-    }
+    let data: Vec<f32> = (0..rows * cols).map(|_| rng.normal() * std).collect();
+    let (mut q, mut scales) = (vec![0i8; rows * cols], vec![0.0f32; rows]);
     let at = weights.len();
     weights.resize(at + paired_len(rows, cols).unwrap(), 0);
-    encode_paired(&q, rows, cols, &mut weights[at..]);
+    quantize_paired(&data, rows, cols, &mut q, &mut scales, &mut weights[at..]);
     scales
 }
 

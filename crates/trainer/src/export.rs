@@ -4,8 +4,7 @@
 use crate::checkpoint::Checkpoint;
 use crate::model::Layout;
 use lstm_core::format::{Header, LayerBlob, Payload, QuantModel, SCHEME_INT8_PAIRED, logit_affine};
-use lstm_core::quant::paired::{encode_paired, paired_len};
-use lstm_core::quant::quantize;
+use lstm_core::quant::paired::{paired_len, quantize_paired};
 use std::path::Path;
 
 /// Bytes taken by each part of an int8 model file.
@@ -26,12 +25,10 @@ pub struct SizeBreakdown {
 /// Quantizes each row of a `rows × cols` row-major matrix, appends the int8 rows to `weights`
 /// in the paired layout and returns the per-row scales.
 fn quantize_rows(data: &[f32], rows: usize, cols: usize, weights: &mut Vec<u8>) -> Vec<f32> {
-    let mut q = vec![0i8; rows * cols];
-    let scales =
-        data.chunks_exact(cols).take(rows).zip(q.chunks_exact_mut(cols)).map(|(row, q)| quantize(row, q)).collect();
+    let (mut q, mut scales) = (vec![0i8; rows * cols], vec![0.0f32; rows]);
     let at = weights.len();
     weights.resize(at + paired_len(rows, cols).expect("matrix size fits usize"), 0);
-    encode_paired(&q, rows, cols, &mut weights[at..]);
+    quantize_paired(&data[..rows * cols], rows, cols, &mut q, &mut scales, &mut weights[at..]);
     scales
 }
 

@@ -50,6 +50,21 @@ pub fn encode_paired(q: &[i8], rows: usize, cols: usize, out: &mut [u8]) {
     }
 }
 
+/// Quantizes each row of the row-major `rows × cols` matrix `data` with its own scale
+/// ([`super::quantize`], scales into `scales`) and writes the int8 rows into `out` in the paired
+/// layout; `q` is `rows × cols` scratch. What the exporter does to every weight matrix.
+///
+/// # Panics
+/// If a buffer's length is not the one the shape implies.
+pub fn quantize_paired(data: &[f32], rows: usize, cols: usize, q: &mut [i8], scales: &mut [f32], out: &mut [u8]) {
+    assert_eq!(data.len(), rows * cols, "quantize_paired: matrix length");
+    assert_eq!(scales.len(), rows, "quantize_paired: one scale per row");
+    for ((row, qr), s) in data.chunks_exact(cols.max(1)).zip(q.chunks_exact_mut(cols.max(1))).zip(scales.iter_mut()) {
+        *s = super::quantize(row, qr);
+    }
+    encode_paired(q, rows, cols, out);
+}
+
 /// Weight `(r, j)` of a paired matrix of `cols` columns (`None` outside `blob`).
 #[inline]
 pub fn paired_weight(blob: &[u8], cols: usize, r: usize, j: usize) -> Option<i8> {
