@@ -19,7 +19,8 @@ use std::ops::Range;
 pub const KC: usize = 128;
 /// Rows of `A` per packed block (a multiple of `MR`; ~300 KiB, well inside L2).
 const MC: usize = 300;
-/// Columns of `B` per packed block (a multiple of `NR`; `KC × NC` floats = 1 MiB).
+/// Columns of `B` per packed block (a multiple of `NR`; k-block × NC floats: 1 MiB at 128 steps,
+/// 2 MiB at 256).
 const NC: usize = 2048;
 
 /// Operands used by at most this many panels of the other one are read in place (row-major).
