@@ -214,8 +214,7 @@ pub fn run(cmd: BenchCommand) -> Result<(), String> {
             let dropout = lstm_core::dropout::Dropout { p: cfg.dropout };
             let step = |ws: &mut Workspace, params: &mut Vec<f32>, rng: &mut Rng| -> Result<(), String> {
                 ws.train_step(params, &ids, &targets, dropout, rng).map_err(|e| e.to_string())?;
-                lstm_core::optim::clip_grad_norm(&mut [&mut ws.grads], cfg.max_grad);
-                lstm_core::optim::sgd_step(params, &ws.grads, 0.1);
+                trainer::update::clip_and_step(params, &ws.grads, cfg.max_grad, 0.1);
                 Ok(())
             };
             step(&mut ws, &mut params, &mut rng)?;

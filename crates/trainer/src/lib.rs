@@ -1,8 +1,8 @@
 //! Host trainer for the 2-layer tied LSTM language model ("BetterRnnlm").
 //!
 //! Owns what needs `std`: data loading ([`data`]), presets ([`config`]), the fast threaded GEMM
-//! ([`gemm`]), the model's buffers and call order ([`model`]), checkpoints ([`checkpoint`]) and
-//! the training loop ([`training`]). The mathematics itself is `lstm-core`'s.
+//! ([`gemm`]), the model's buffers and call order ([`model`]), checkpoints ([`checkpoint`]), the
+//! training loop ([`training`]) and its parameter update ([`update`]). The mathematics itself is `lstm-core`'s.
 
 pub mod checkpoint;
 pub mod config;
@@ -13,6 +13,7 @@ pub mod grad_demo;
 pub mod model;
 pub mod quantized;
 pub mod training;
+pub mod update;
 
 pub use checkpoint::Checkpoint;
 pub use config::Config;

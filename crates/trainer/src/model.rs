@@ -130,12 +130,10 @@ pub fn k_block_for(dim: usize) -> usize {
 }
 
 /// Names of the phases of a training step, in order (see [`StepProfile`]).
-pub const STEP_PHASES: [&str; 6] = [
-    "embedding + LSTM forward",
-    "prepare E and Eᵀ",
+pub const STEP_PHASES: [&str; 4] = [
+    "embedding + LSTM forward (+ packing E, Eᵀ)",
     "output: scores, softmax, dY·E",
-    "output: dE += dYᵀ·h",
-    "LSTM backward",
+    "LSTM backward (+ output dE += dYᵀ·h)",
     "embedding backward",
 ];
 
@@ -149,20 +147,52 @@ pub struct StepProfile {
     pub steps: usize,
 }
 
-/// Rows per block of the fused output layer. With a narrow model (`D ≤ 128`) each block's
-/// scores (`40 × V` floats, 1.6 MB for PTB) are computed, turned into softmax gradients and
-/// multiplied back by `E` while they are still in the core's cache, instead of making three
-/// trips through memory. A wide model's products are compute-bound and want each panel of `E`
-/// to meet many rows: then the blocks are halves of the batch. Depends on the shape only, never
-/// on the thread count, so results do not either.
 /// Rows per block of the evaluation's output layer (one tile height of the kernel): only scores
 /// and their loss, so the block need not meet `E` with many rows, and its 10 × V scores stay in
 /// L2 until reduced. Same-process A/B against halves of the batch (`D > 128`) and 40-row
 /// blocks (`D ≤ 128`): `small` +24–26%, `book` +0–6%, `embedded` +1%.
 const EVAL_BLOCK_ROWS: usize = 10;
 
+/// Rows per block of the fused output layer. With a narrow model (`D ≤ 128`) each block's
+/// scores (`40 × V` floats, 1.6 MB for PTB) are computed, turned into softmax gradients and
+/// multiplied back by `E` while they are still in the core's cache, instead of making three
+/// trips through memory. A wide model's products are compute-bound and want each panel of `E`
+/// to meet many rows: then the blocks are halves of the batch. Depends on the shape only, never
+/// on the thread count, so results do not either.
 fn output_block_rows(dim: usize, rows: usize) -> usize {
     if dim <= 128 { 40 } else { rows.div_ceil(2).max(1) }
+}
+
+/// The LSTM layers' backward pass, top to bottom, borrowing only what it needs from a
+/// [`Workspace`] so the output layer's `dE` product can run beside it.
+struct LstmBackward<'a> {
+    layout: &'a Layout,
+    gemm: FastGemm,
+    layers: &'a mut [Lstm<Vec<f32>>],
+    inputs: &'a [Vec<f32>],
+    masks: &'a [Vec<f32>],
+    /// The gradient arriving at the top layer's output on entry; at the embedding's output
+    /// (before its dropout) on exit.
+    grad_a: &'a mut Vec<f32>,
+    grad_b: &'a mut Vec<f32>,
+    dropout: Dropout,
+}
+
+impl LstmBackward<'_> {
+    /// `grads`: the parameter gradient from `offset` on (where the LSTM layers start).
+    fn run(self, params: &[f32], grads: &mut [f32], offset: usize) -> Result<(), lstm_core::Error> {
+        for l in (0..self.layers.len()).rev() {
+            self.dropout.backward(self.grad_a, &self.masks[l + 1]);
+            let w = self.layout.lstm_weights(params, l);
+            let [rwx, rwh, rb] = self.layout.lstm[l].clone().map(|r| r.start - offset..r.end - offset);
+            let (lo, hi) = grads.split_at_mut(rwh.start);
+            let (wh_part, b_part) = hi.split_at_mut(rb.start - rwh.start);
+            let mut g = LstmGrads { wx: &mut lo[rwx], wh: wh_part, b: &mut b_part[..rb.len()] };
+            self.layers[l].backward(&self.gemm, &w, &self.inputs[l], self.grad_a, &mut g, self.grad_b)?;
+            std::mem::swap(self.grad_a, self.grad_b);
+        }
+        Ok(())
+    }
 }
 
 impl Workspace {
@@ -306,16 +336,26 @@ impl Workspace {
         rng: &mut Rng,
     ) -> Result<f32, lstm_core::Error> {
         let mut clock = self.profile.is_some().then(Instant::now);
-        self.forward_hidden(params, ids, dropout, rng, true)?;
-        self.lap(&mut clock, 0);
         let (v, d) = (self.layout.dims.vocab, self.layout.dims.dim);
+        let emb = Mat::new(&params[self.layout.embedding.clone()], v, d);
+        // `E` and `Eᵀ` are packed for the output layer while the LSTM runs: its recurrence is
+        // a chain of small products and cell updates, mostly on one thread, which leaves the
+        // other free.
+        let (mut tied_t, mut tied) = (std::mem::take(&mut self.tied_t), std::mem::take(&mut self.tied));
+        let gemm = self.gemm;
+        let (forward, ()) = rayon::join(
+            || self.forward_hidden(params, ids, dropout, rng, true),
+            || {
+                gemm.prepare(emb.t(), &mut tied_t);
+                gemm.prepare(emb, &mut tied);
+            },
+        );
+        (self.tied_t, self.tied) = (tied_t, tied);
+        forward?;
+        self.lap(&mut clock, 0);
         let rows = targets.len();
         let scale = 1.0 / rows as f32;
         let bias = &params[self.layout.out_bias.clone()];
-        let emb = Mat::new(&params[self.layout.embedding.clone()], v, d);
-        self.gemm.prepare(emb.t(), &mut self.tied_t);
-        self.gemm.prepare(emb, &mut self.tied);
-        self.lap(&mut clock, 1);
         // Each block of rows: scores, softmax cross-entropy and its gradient dY in place, then
         // dh = dY·E, all on one thread while the block is in cache. Each block accumulates its
         // own bias gradient; they are summed in block order, so nothing depends on scheduling.
@@ -323,13 +363,14 @@ impl Workspace {
         let blocks = rows.div_ceil(block_rows);
         self.bias_partials.resize(blocks * v, 0.0);
         self.bias_partials.fill(0.0);
-        let (gemm, tied_t, tied) = (self.gemm, &self.tied_t, &self.tied);
+        let (tied_t, tied) = (&self.tied_t, &self.tied);
+        let top = self.layers.len();
         let sums: Vec<Result<f64, lstm_core::Error>> = self
             .logits
             .par_chunks_mut(v * block_rows)
             .zip(targets.par_chunks(block_rows))
             .zip(self.bias_partials.par_chunks_mut(v))
-            .zip(self.inputs[self.layers.len()].par_chunks(d * block_rows))
+            .zip(self.inputs[top].par_chunks(d * block_rows))
             .zip(self.grad_a.par_chunks_mut(d * block_rows))
             .map(|((((block, t), db), h), dh)| {
                 let n = t.len();
@@ -339,36 +380,40 @@ impl Workspace {
                 Ok(loss)
             })
             .collect();
-        self.lap(&mut clock, 2);
+        self.lap(&mut clock, 1);
         let mut total = 0.0f64;
         for s in sums {
             total += s?;
         }
-        self.grads.fill(0.0);
-        let (g_emb_and_lstm, g_out) = self.grads.split_at_mut(self.layout.out_bias.start);
+        crate::update::zero(&mut self.grads);
+        let (g_rest, g_out) = self.grads.split_at_mut(self.layout.out_bias.start);
         for partial in self.bias_partials.chunks_exact(v) {
             g_out.iter_mut().zip(partial).for_each(|(g, p)| *g += p);
         }
-        // Tied output layer: dE += dYᵀ·h (the output use of the embedding).
-        let g_emb = &mut g_emb_and_lstm[self.layout.embedding.clone()];
-        let top = Mat::new(&self.inputs[self.layers.len()], rows, d);
+        // The tied output layer's dE += dYᵀ·h runs alongside the LSTM backward pass (again a
+        // mostly sequential recurrence); the embedding's own gradient is added after both.
+        let lstm_start = self.layout.embedding.end;
+        let (g_emb, g_lstm) = g_rest.split_at_mut(lstm_start);
+        let g_emb = &mut g_emb[self.layout.embedding.clone()];
         let dy = Mat::new(&self.logits, rows, v);
-        self.gemm.gemm(1.0, dy.t(), top, 1.0, g_emb);
-        self.lap(&mut clock, 3);
-        for l in (0..self.layers.len()).rev() {
-            dropout.backward(&mut self.grad_a, &self.masks[l + 1]);
-            let w = self.layout.lstm_weights(params, l);
-            let [rwx, rwh, rb] = &self.layout.lstm[l];
-            let (lo, hi) = self.grads.split_at_mut(rwh.start);
-            let (wh_part, b_part) = hi.split_at_mut(rb.start - rwh.start);
-            let mut grads = LstmGrads { wx: &mut lo[rwx.clone()], wh: wh_part, b: &mut b_part[..rb.len()] };
-            self.layers[l].backward(&self.gemm, &w, &self.inputs[l], &self.grad_a, &mut grads, &mut self.grad_b)?;
-            std::mem::swap(&mut self.grad_a, &mut self.grad_b);
-        }
-        self.lap(&mut clock, 4);
+        let h_top = Mat::new(&self.inputs[top], rows, d);
+        let backward = LstmBackward {
+            layout: &self.layout,
+            gemm,
+            layers: &mut self.layers,
+            inputs: &self.inputs,
+            masks: &self.masks,
+            grad_a: &mut self.grad_a,
+            grad_b: &mut self.grad_b,
+            dropout,
+        };
+        let ((), lstm) =
+            rayon::join(|| gemm.gemm(1.0, dy.t(), h_top, 1.0, g_emb), || backward.run(params, g_lstm, lstm_start));
+        lstm?;
+        self.lap(&mut clock, 2);
         dropout.backward(&mut self.grad_a, &self.masks[0]);
         embedding_backward(&mut self.grads[self.layout.embedding.clone()], d, ids, &self.grad_a)?;
-        self.lap(&mut clock, 5);
+        self.lap(&mut clock, 3);
         if let Some(p) = &mut self.profile {
             p.steps += 1;
         }

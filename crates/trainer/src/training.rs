@@ -9,9 +9,9 @@ use crate::config::{Config, ConfigError};
 use crate::data::{Corpus, EvalBatches, TrainBatches};
 use crate::gemm::FastGemm;
 use crate::model::{Dims, Layout, Workspace, init_params};
+use crate::update::clip_and_step;
 use lstm_core::Rng;
 use lstm_core::dropout::Dropout;
-use lstm_core::optim::{clip_grad_norm, sgd_step};
 use serde::{Deserialize, Serialize};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -374,9 +374,8 @@ pub fn train(
             if !loss.is_finite() {
                 return Err(TrainError::NonFiniteLoss { loss, step: ckpt.progress.step + 1, epoch, last: last_path });
             }
-            clip_grad_norm(&mut [&mut ws.grads], config.max_grad);
-            sgd_step(&mut ckpt.params, &ws.grads, ckpt.progress.lr);
-            if ckpt.params.iter().any(|v| !v.is_finite()) {
+            let update = clip_and_step(&mut ckpt.params, &ws.grads, config.max_grad, ckpt.progress.lr);
+            if !update.finite {
                 return Err(TrainError::NonFiniteLoss {
                     loss: f32::INFINITY,
                     step: ckpt.progress.step + 1,
