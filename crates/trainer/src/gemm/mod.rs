@@ -379,6 +379,7 @@ mod tests {
             (20, 256, 64),
             (311, 2081, 20),
             (31, 33, 600),
+            (45, 250, 300),
         ];
         for (backend, k_block) in [(Backend::Avx512, 128), (Backend::Avx512, 256), (Backend::Nalgebra, 128)] {
             let Some(fast) = FastGemm::new(1).with_backend(backend).map(|g| g.with_k_block(k_block)) else {
