@@ -57,15 +57,12 @@ struct Parts<'a> {
     tanh_c: &'a mut [f32],
     dh: &'a mut [f32],
     dc: &'a mut [f32],
-    /// `Whᵀ` (`4H × H`), written by `backward` so the per-step product `dA·Whᵀ` reads a
-    /// row-major operand (a GEMM then streams it instead of re-packing it every step).
-    wh_t: &'a mut [f32],
 }
 
 impl<S: AsRef<[f32]> + AsMut<[f32]>> Lstm<S> {
-    /// Number of `f32` the storage must hold: `N·H·(7·capacity + 4) + 4·H²`.
+    /// Number of `f32` the storage must hold: `N·H·(7·capacity + 4)`.
     pub const fn storage_len(hidden: usize, batch: usize, capacity: usize) -> usize {
-        batch * hidden * (7 * capacity + 4) + 4 * hidden * hidden
+        batch * hidden * (7 * capacity + 4)
     }
 
     /// Builds a layer over `storage`, which must hold exactly [`Self::storage_len`] values.
@@ -113,8 +110,8 @@ impl<S: AsRef<[f32]> + AsMut<[f32]>> Lstm<S> {
         let (h, s) = s.split_at_mut((cap + 1) * nh);
         let (tanh_c, s) = s.split_at_mut(cap * nh);
         let (dh, s) = s.split_at_mut(nh);
-        let (dc, wh_t) = s.split_at_mut(nh);
-        Parts { gates, c, h, tanh_c, dh, dc, wh_t }
+        let dc = &mut s[..nh];
+        Parts { gates, c, h, tanh_c, dh, dc }
     }
 
     fn h_all(&self) -> &[f32] {
@@ -267,12 +264,9 @@ impl<S: AsRef<[f32]> + AsMut<[f32]>> Lstm<S> {
         let p = self.parts();
         p.dh.fill(0.0);
         p.dc.fill(0.0);
-        for (i, row) in w.wh.chunks_exact(g).enumerate() {
-            for (j, &v) in row.iter().enumerate() {
-                p.wh_t[j * hd + i] = v;
-            }
-        }
-        gemm.with_rhs(Mat::new(p.wh_t, g, hd), |wh_t| {
+        // `Whᵀ` as a transposed view: a GEMM that prepares its operand (packs it) reads it
+        // either way, so no transposed copy is stored.
+        gemm.with_rhs(Mat::new(w.wh, hd, g).t(), |wh_t| {
             for t in (0..steps).rev() {
                 p.dh.iter_mut().zip(&dh_out[t * nh..(t + 1) * nh]).for_each(|(a, b)| *a += b);
                 let da_t = &mut p.gates[t * n * g..(t + 1) * n * g];
