@@ -3,7 +3,9 @@
 //!
 //! Parameters live in one flat vector (so clipping, SGD and checkpoints see a single buffer);
 //! [`Layout`] names its parts. Every equation is `lstm-core`'s; this module only owns buffers
-//! and the order of calls.
+//! and the order of calls, including what runs beside what: the LSTM recurrences are chains of
+//! small one-thread products, so packing the tied matrix and the output's dE product run
+//! alongside them (`rayon::join`), which changes no result.
 
 use crate::gemm::{FastGemm, PreparedB};
 use lstm_core::dropout::Dropout;
