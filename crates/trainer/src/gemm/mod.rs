@@ -1,7 +1,7 @@
 //! The host's fast GEMM, with the output split across the rayon pool.
 //!
 //! Two backends: on CPUs with AVX-512F, a cache-blocked GEMM around our own 512-bit
-//! micro-kernel ([`packed`], [`avx512`]); elsewhere nalgebra's f32 product (the 256-bit packed
+//! micro-kernel (`packed`, `avx512`); elsewhere nalgebra's f32 product (the 256-bit packed
 //! kernels of `matrixmultiply`). Each output element is computed entirely by one thread in the
 //! same order whatever the split, so results do not depend on the thread count: training stays
 //! bit-reproducible on a given machine.
