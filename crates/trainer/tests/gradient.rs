@@ -78,11 +78,16 @@ fn gradient_does_not_depend_on_the_thread_count() {
         pool.install(|| {
             let mut ws = Workspace::new(&layout, batch, time, FastGemm::new(threads));
             let loss = ws.train_step(&params, &ids, &targets, Dropout { p: 0.3 }, &mut Rng::new(8)).unwrap();
-            (loss, ws.grads.clone())
+            // The update too: its norm is summed over fixed chunks, whatever the thread count.
+            let mut stepped = params.clone();
+            let update = trainer::update::clip_and_step(&mut stepped, &ws.grads, 0.25, 20.0);
+            (loss, ws.grads.clone(), update, stepped)
         })
     };
-    let (loss1, g1) = grads_with(1);
-    let (loss3, g3) = grads_with(3);
+    let (loss1, g1, u1, p1) = grads_with(1);
+    let (loss3, g3, u3, p3) = grads_with(3);
     assert_eq!(loss1.to_bits(), loss3.to_bits());
     assert!(g1.iter().zip(&g3).all(|(a, b)| a.to_bits() == b.to_bits()), "gradients differ between 1 and 3 threads");
+    assert_eq!(u1, u3);
+    assert!(p1.iter().zip(&p3).all(|(a, b)| a.to_bits() == b.to_bits()), "updates differ between 1 and 3 threads");
 }
