@@ -2,7 +2,8 @@
 //!
 //! Owns what needs `std`: data loading ([`data`]), presets ([`config`]), the fast threaded GEMM
 //! ([`gemm`]), the model's buffers and call order ([`model`]), checkpoints ([`checkpoint`]), the
-//! training loop ([`training`]) and its parameter update ([`update`]). The mathematics itself is `lstm-core`'s.
+//! training loop ([`training`]) and its parameter update ([`update`]). The mathematics itself
+//! is `lstm-core`'s.
 
 pub mod checkpoint;
 pub mod config;
