@@ -7,7 +7,7 @@
 //! small one-thread products, so packing the tied matrix and the output's dE product run
 //! alongside them (`rayon::join`), which changes no result.
 
-use crate::gemm::{FastGemm, PreparedB};
+use crate::gemm::{FastGemm, PreparedB, PreparedOperands};
 use lstm_core::dropout::Dropout;
 use lstm_core::embedding::{embedding_backward, embedding_forward};
 use lstm_core::softmax::{cross_entropy_sum_biased, softmax_cross_entropy_biased};
@@ -97,6 +97,9 @@ pub struct Workspace {
     /// `Eᵀ` and `E` prepared for the row-block products of the output layer.
     tied_t: PreparedB,
     tied: PreparedB,
+    /// Every layer's `Wx` and `Wh`, packed once per [`Evaluation`] (only it reads them: they
+    /// are stale once the parameters change).
+    eval_weights: PreparedOperands,
     /// Gradient, same layout as the parameters.
     pub grads: Vec<f32>,
     /// Time per phase of [`Workspace::train_step`], when enabled.
@@ -226,6 +229,7 @@ impl Workspace {
             bias_partials: Vec::new(),
             tied_t: PreparedB::default(),
             tied: PreparedB::default(),
+            eval_weights: PreparedOperands::default(),
             grads: vec![0.0; layout.total],
             profile: None,
         }
@@ -290,6 +294,7 @@ impl Workspace {
     /// `ids` is `time × batch`, time-major.
     fn forward_hidden(
         &mut self,
+        gemm: &impl Gemm,
         params: &[f32],
         ids: &[u32],
         dropout: Dropout,
@@ -302,7 +307,7 @@ impl Workspace {
         for l in 0..self.layers.len() {
             let w = self.layout.lstm_weights(params, l);
             let (below, above) = self.inputs.split_at_mut(l + 1);
-            self.layers[l].forward(&self.gemm, &w, &below[l], self.time)?;
+            self.layers[l].forward(gemm, &w, &below[l], self.time)?;
             above[0].copy_from_slice(self.layers[l].output());
             dropout.forward(&mut above[0], &mut self.masks[l + 1], rng, train);
         }
@@ -319,7 +324,8 @@ impl Workspace {
         rng: &mut Rng,
         train: bool,
     ) -> Result<(), lstm_core::Error> {
-        self.forward_hidden(params, ids, dropout, rng, train)?;
+        let gemm = self.gemm;
+        self.forward_hidden(&gemm, params, ids, dropout, rng, train)?;
         let d = self.layout.dims.dim;
         let tied = Mat::new(&params[self.layout.embedding.clone()], self.layout.dims.vocab, d).t();
         let top = &self.inputs[self.layers.len()];
@@ -346,7 +352,7 @@ impl Workspace {
         let (mut tied_t, mut tied) = (std::mem::take(&mut self.tied_t), std::mem::take(&mut self.tied));
         let gemm = self.gemm;
         let (forward, ()) = rayon::join(
-            || self.forward_hidden(params, ids, dropout, rng, true),
+            || self.forward_hidden(&gemm, params, ids, dropout, rng, true),
             || {
                 gemm.prepare(emb.t(), &mut tied_t);
                 gemm.prepare(emb, &mut tied);
@@ -436,12 +442,24 @@ impl Workspace {
         let (v, d) = (self.layout.dims.vocab, self.layout.dims.dim);
         let emb = Mat::new(&params[self.layout.embedding.clone()], v, d);
         self.gemm.prepare(emb.t(), &mut self.tied_t);
+        // The LSTM weights too (`book`: 27 MB packed per batch otherwise).
+        let weights: Vec<Mat<'_>> = (0..self.layers.len())
+            .flat_map(|l| {
+                let w = self.layout.lstm_weights(params, l);
+                [Mat::new(w.wx, d, 4 * d), Mat::new(w.wh, d, 4 * d)]
+            })
+            .collect();
+        self.gemm.prepare_all(&weights, &mut self.eval_weights);
         Evaluation { ws: self, params }
     }
 
     fn eval_step_prepared(&mut self, params: &[f32], ids: &[u32], targets: &[u32]) -> Result<f64, lstm_core::Error> {
         let mut unused = Rng::new(0);
-        self.forward_hidden(params, ids, Dropout { p: 0.0 }, &mut unused, false)?;
+        let weights = std::mem::take(&mut self.eval_weights);
+        let gemm = self.gemm.with_prepared(&weights);
+        let forward = self.forward_hidden(&gemm, params, ids, Dropout { p: 0.0 }, &mut unused, false);
+        self.eval_weights = weights;
+        forward?;
         let (v, d) = (self.layout.dims.vocab, self.layout.dims.dim);
         let bias = &params[self.layout.out_bias.clone()];
         let emb = Mat::new(&params[self.layout.embedding.clone()], v, d);

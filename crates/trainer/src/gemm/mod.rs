@@ -339,6 +339,94 @@ thread_local! {
     static RHS_PACK: std::cell::RefCell<packed::PackedB> = std::cell::RefCell::new(packed::PackedB::default());
 }
 
+/// Right operands packed once for many products, each recognised again by identity (the same
+/// slice, shape and transposition): an evaluation's LSTM weights, which stay fixed while it
+/// borrows the parameters, instead of being packed again for every batch.
+#[derive(Debug, Default)]
+pub struct PreparedOperands {
+    entries: Vec<(OperandKey, PreparedB)>,
+}
+
+/// What identifies an operand: where its elements are and how they are read.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct OperandKey {
+    addr: usize,
+    len: usize,
+    rows: usize,
+    cols: usize,
+    transposed: bool,
+}
+
+impl OperandKey {
+    fn of(m: &Mat<'_>) -> OperandKey {
+        let data = m.data();
+        OperandKey {
+            addr: data.as_ptr() as usize,
+            len: data.len(),
+            rows: m.rows(),
+            cols: m.cols(),
+            transposed: m.is_transposed(),
+        }
+    }
+}
+
+impl FastGemm {
+    /// Packs each of `operands` into `set` (reusing its buffers) for [`FastGemm::with_prepared`].
+    pub fn prepare_all(&self, operands: &[Mat<'_>], set: &mut PreparedOperands) {
+        set.entries.resize_with(operands.len(), Default::default);
+        for (m, (key, prepared)) in operands.iter().zip(&mut set.entries) {
+            *key = OperandKey::of(m);
+            self.prepare(*m, prepared);
+        }
+    }
+
+    /// This GEMM, reading any right operand found in `set` from its packed copy. The caller
+    /// keeps the operands unchanged while it is used (an immutable borrow does).
+    pub fn with_prepared<'a>(&self, set: &'a PreparedOperands) -> PreparedGemm<'a> {
+        PreparedGemm { gemm: *self, set }
+    }
+}
+
+/// [`FastGemm`] with some right operands packed in advance (see [`FastGemm::with_prepared`]);
+/// the same bits as packing them on the fly.
+#[derive(Debug, Clone, Copy)]
+pub struct PreparedGemm<'a> {
+    gemm: FastGemm,
+    set: &'a PreparedOperands,
+}
+
+impl PreparedGemm<'_> {
+    /// The packed copy of `b`, when there is one the backend can use.
+    #[cfg(target_arch = "x86_64")]
+    fn packed_rhs<'b>(&'b self, b: Mat<'b>) -> Option<PackedRhs<'b>> {
+        if self.gemm.backend != Backend::Avx512 {
+            return None;
+        }
+        let key = OperandKey::of(&b);
+        let (_, prepared) = self.set.entries.iter().find(|(k, _)| *k == key)?;
+        let kernel = avx512::Avx512::detect().expect("Backend::Avx512 is only chosen on AVX-512 CPUs");
+        Some(PackedRhs { kernel, k_block: self.gemm.k_block, threads: self.gemm.threads, b, packed: &prepared.packed })
+    }
+}
+
+impl Gemm for PreparedGemm<'_> {
+    fn gemm(&self, alpha: f32, a: Mat<'_>, b: Mat<'_>, beta: f32, c: &mut [f32]) {
+        #[cfg(target_arch = "x86_64")]
+        if let Some(rhs) = self.packed_rhs(b) {
+            return rhs.gemm(alpha, a, beta, c);
+        }
+        self.gemm.gemm(alpha, a, b, beta, c);
+    }
+
+    fn with_rhs<R>(&self, b: Mat<'_>, body: impl FnOnce(&dyn FixedRhsGemm) -> R) -> R {
+        #[cfg(target_arch = "x86_64")]
+        if let Some(rhs) = self.packed_rhs(b) {
+            return body(&rhs);
+        }
+        self.gemm.with_rhs(b, body)
+    }
+}
+
 impl Gemm for FastGemm {
     fn with_rhs<R>(&self, b: Mat<'_>, body: impl FnOnce(&dyn FixedRhsGemm) -> R) -> R {
         #[cfg(target_arch = "x86_64")]
@@ -463,6 +551,46 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// Operands found in a prepared set give the same bits as packing on the fly, in plain
+    /// products (threaded) and through `with_rhs`; others fall through to the plain GEMM.
+    #[test]
+    fn prepared_operands_equal_plain_products_bit_for_bit() {
+        let mut rng = Rng::new(21);
+        let (m, n, k) = (350, 300, 130);
+        let a: Vec<f32> = (0..m * k).map(|_| rng.normal()).collect();
+        let b: Vec<f32> = (0..k * n).map(|_| rng.normal()).collect();
+        let other: Vec<f32> = (0..k * n).map(|_| rng.normal()).collect();
+        let c0: Vec<f32> = (0..m * n).map(|_| rng.normal()).collect();
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
+        pool.install(|| {
+            let fast = FastGemm::new(2).with_k_block(64);
+            let (am, bm) = (Mat::new(&a, m, k), Mat::new(&b, k, n));
+            let bt = Mat::new(&b, n, k).t();
+            let mut set = PreparedOperands::default();
+            fast.prepare_all(&[bm, bt], &mut set);
+            let prepared = fast.with_prepared(&set);
+            #[cfg(target_arch = "x86_64")]
+            if fast.backend() == Backend::Avx512 {
+                // Found by identity: same slice, shape and transposition.
+                assert!(prepared.packed_rhs(bm).is_some() && prepared.packed_rhs(bt).is_some());
+                assert!(prepared.packed_rhs(Mat::new(&other, k, n)).is_none());
+                assert!(prepared.packed_rhs(Mat::new(&b, n, k)).is_none());
+                assert!(prepared.packed_rhs(Mat::new(&b[..k * (n - 1)], k, n - 1)).is_none());
+            }
+            let at = Mat::new(&a[..n * k], n, k);
+            for (lhs, rhs) in [(am, bm), (at, bt), (am, Mat::new(&other, k, n))] {
+                let mut want = c0[..lhs.rows() * rhs.cols()].to_vec();
+                fast.gemm(0.5, lhs, rhs, 0.25, &mut want);
+                let mut got = c0[..lhs.rows() * rhs.cols()].to_vec();
+                prepared.gemm(0.5, lhs, rhs, 0.25, &mut got);
+                assert_eq!(want, got);
+                let mut fixed = c0[..lhs.rows() * rhs.cols()].to_vec();
+                prepared.with_rhs(rhs, |g| g.gemm(0.5, lhs, 0.25, &mut fixed));
+                assert_eq!(want, fixed);
+            }
+        });
     }
 
     #[test]
