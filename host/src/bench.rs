@@ -126,9 +126,8 @@ pub fn gemm_peak(n: usize) -> f64 {
     best
 }
 
-/// GFLOP/s of `C (m×n) = A (m×k) · B (k×n)`, each operand read from transposed storage when
-/// asked, repeated for at least `min_s` seconds after a warm-up.
-/// GFLOP/s of `C += A·B` repeated for `min_s` seconds; with `fixed_rhs`, through
+/// GFLOP/s of `C (m×n) += A (m×k) · B (k×n)`, each operand read from transposed storage when
+/// asked, repeated for at least `min_s` seconds after a warm-up; with `fixed_rhs`, through
 /// [`Gemm::with_rhs`] as the recurrent steps run (B prepared once for all repetitions).
 #[allow(clippy::too_many_arguments)]
 fn gemm_gflops(gemm: FastGemm, m: usize, n: usize, k: usize, ta: bool, tb: bool, fixed_rhs: bool, min_s: f64) -> f64 {
