@@ -110,6 +110,13 @@ impl FastGemm {
         self.backend
     }
 
+    /// The AVX-512 kernel, when that is the backend in use.
+    #[cfg(target_arch = "x86_64")]
+    fn avx512_kernel(&self) -> Option<avx512::Avx512> {
+        (self.backend == Backend::Avx512)
+            .then(|| avx512::Avx512::detect().expect("Backend::Avx512 is only chosen on AVX-512 CPUs"))
+    }
+
     /// Prepares `b` for many single-threaded products [`FastGemm::gemm_prepared`] (packs it
     /// once on the AVX-512 backend; nothing to do on the others).
     pub fn prepare(&self, b: Mat<'_>, out: &mut PreparedB) {
@@ -129,8 +136,7 @@ impl FastGemm {
         check_gemm_shapes(&a, &b, c.len());
         assert_eq!(prepared.shape, (b.rows(), b.cols()), "gemm: prepared operand has another shape");
         #[cfg(target_arch = "x86_64")]
-        if self.backend == Backend::Avx512 {
-            let kernel = avx512::Avx512::detect().expect("Backend::Avx512 is only chosen on AVX-512 CPUs");
+        if let Some(kernel) = self.avx512_kernel() {
             packed::gemm_prepacked(kernel, alpha, strided(&a), &prepared.packed, 0..b.cols(), beta, c);
             return;
         }
@@ -399,12 +405,9 @@ impl PreparedGemm<'_> {
     /// The packed copy of `b`, when there is one the backend can use.
     #[cfg(target_arch = "x86_64")]
     fn packed_rhs<'b>(&'b self, b: Mat<'b>) -> Option<PackedRhs<'b>> {
-        if self.gemm.backend != Backend::Avx512 {
-            return None;
-        }
+        let kernel = self.gemm.avx512_kernel()?;
         let key = OperandKey::of(&b);
         let (_, prepared) = self.set.entries.iter().find(|(k, _)| *k == key)?;
-        let kernel = avx512::Avx512::detect().expect("Backend::Avx512 is only chosen on AVX-512 CPUs");
         Some(PackedRhs { kernel, k_block: self.gemm.k_block, threads: self.gemm.threads, b, packed: &prepared.packed })
     }
 }
@@ -430,8 +433,7 @@ impl Gemm for PreparedGemm<'_> {
 impl Gemm for FastGemm {
     fn with_rhs<R>(&self, b: Mat<'_>, body: impl FnOnce(&dyn FixedRhsGemm) -> R) -> R {
         #[cfg(target_arch = "x86_64")]
-        if self.backend == Backend::Avx512 {
-            let kernel = avx512::Avx512::detect().expect("Backend::Avx512 is only chosen on AVX-512 CPUs");
+        if let Some(kernel) = self.avx512_kernel() {
             // Taken out rather than borrowed, so a nested call packs into a fresh buffer.
             let mut packed = RHS_PACK.with_borrow_mut(std::mem::take);
             packed.pack(&strided(&b), self.k_block);
@@ -449,8 +451,7 @@ impl Gemm for FastGemm {
             return;
         }
         #[cfg(target_arch = "x86_64")]
-        if self.backend == Backend::Avx512 {
-            let kernel = avx512::Avx512::detect().expect("Backend::Avx512 is only chosen on AVX-512 CPUs");
+        if let Some(kernel) = self.avx512_kernel() {
             split_packed(kernel, self.k_block, alpha, strided(&a), Rhs::Plain(strided(&b)), beta, c, self.threads);
             return;
         }
