@@ -118,6 +118,12 @@ impl Evaluation<'_> {
     pub fn step(&mut self, ids: &[u32], targets: &[u32]) -> Result<f64, lstm_core::Error> {
         self.ws.eval_step_prepared(self.params, ids, targets)
     }
+
+    /// How many products so far read an LSTM weight from its copy packed by
+    /// [`Workspace::evaluation`] (two per layer per batch when the backend packs).
+    pub fn prepared_hits(&self) -> usize {
+        self.ws.eval_weights.hits()
+    }
 }
 
 thread_local! {

@@ -13,6 +13,7 @@ mod packed;
 
 use lstm_core::gemm::{FixedRhsGemm, Gemm, Mat, Unprepared, check_gemm_shapes};
 use nalgebra::{DMatrixView, DMatrixViewMut, Dyn};
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// Smallest row piece when a product is cut into more pieces than threads.
 const MIN_PIECE_ROWS: usize = 500;
@@ -351,6 +352,17 @@ thread_local! {
 #[derive(Debug, Default)]
 pub struct PreparedOperands {
     entries: Vec<(OperandKey, PreparedB)>,
+    /// Products that read a packed copy since [`FastGemm::prepare_all`].
+    hits: AtomicUsize,
+}
+
+impl PreparedOperands {
+    /// How many products have read one of the packed copies since they were made: a check
+    /// that the operands are still recognised (a caller forming its matrices differently
+    /// would silently fall back to packing on the fly, correct but slower).
+    pub fn hits(&self) -> usize {
+        self.hits.load(Ordering::Relaxed)
+    }
 }
 
 /// What identifies an operand: where its elements are and how they are read.
@@ -380,6 +392,7 @@ impl FastGemm {
     /// Packs each of `operands` into `set` (reusing its buffers) for [`FastGemm::with_prepared`].
     pub fn prepare_all(&self, operands: &[Mat<'_>], set: &mut PreparedOperands) {
         set.entries.resize_with(operands.len(), Default::default);
+        set.hits.store(0, Ordering::Relaxed);
         for (m, (key, prepared)) in operands.iter().zip(&mut set.entries) {
             *key = OperandKey::of(m);
             self.prepare(*m, prepared);
@@ -408,6 +421,7 @@ impl PreparedGemm<'_> {
         let kernel = self.gemm.avx512_kernel()?;
         let key = OperandKey::of(&b);
         let (_, prepared) = self.set.entries.iter().find(|(k, _)| *k == key)?;
+        self.set.hits.fetch_add(1, Ordering::Relaxed);
         Some(PackedRhs { kernel, k_block: self.gemm.k_block, threads: self.gemm.threads, b, packed: &prepared.packed })
     }
 }
@@ -579,7 +593,11 @@ mod tests {
                 assert!(prepared.packed_rhs(Mat::new(&other, k, n)).is_none());
                 assert!(prepared.packed_rhs(Mat::new(&b, n, k)).is_none());
                 assert!(prepared.packed_rhs(Mat::new(&b[..k * (n - 1)], k, n - 1)).is_none());
+                assert_eq!(set.hits(), 2, "only the two found count");
+                fast.prepare_all(&[bm, bt], &mut set);
+                assert_eq!(set.hits(), 0, "packing again starts the count afresh");
             }
+            let prepared = fast.with_prepared(&set);
             let at = Mat::new(&a[..n * k], n, k);
             for (lhs, rhs) in [(am, bm), (at, bt), (am, Mat::new(&other, k, n))] {
                 let mut want = c0[..lhs.rows() * rhs.cols()].to_vec();
