@@ -60,7 +60,7 @@ struct TrainArgs {
     /// Directory holding ptb.{train,valid,test}.txt.
     #[arg(long, default_value = "data/ptb")]
     data: PathBuf,
-    /// Output directory [default: runs/<preset>].
+    /// Output directory [default: runs/PRESET].
     #[arg(long)]
     out: Option<PathBuf>,
     /// Number of epochs.
