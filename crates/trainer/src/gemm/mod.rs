@@ -38,7 +38,8 @@ const SMALL_DIM: usize = 5;
 pub enum Backend {
     /// Our cache-blocked GEMM with the AVX-512 micro-kernel.
     Avx512,
-    /// nalgebra → `matrixmultiply` (256-bit kernels), available everywhere.
+    /// nalgebra → `matrixmultiply` (its own packed kernels: 512-bit where the CPU has them,
+    /// 256-bit otherwise), available everywhere.
     Nalgebra,
 }
 
