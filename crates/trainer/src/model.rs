@@ -100,6 +100,8 @@ pub struct Workspace {
     /// Every layer's `Wx` and `Wh`, packed once per [`Evaluation`] (only it reads them: they
     /// are stale once the parameters change).
     eval_weights: PreparedOperands,
+    /// Each block's summed loss during an evaluation batch, added in order afterwards.
+    eval_block_sums: Vec<Result<f64, lstm_core::Error>>,
     /// Gradient, same layout as the parameters.
     pub grads: Vec<f32>,
     /// Time per phase of [`Workspace::train_step`], when enabled.
@@ -120,7 +122,8 @@ impl Evaluation<'_> {
     }
 
     /// How many products so far read an LSTM weight from its copy packed by
-    /// [`Workspace::evaluation`] (two per layer per batch when the backend packs).
+    /// [`Workspace::evaluation`] (two per layer per time chunk of a batch, see
+    /// [`eval_chunk_steps`], when the backend packs).
     pub fn prepared_hits(&self) -> usize {
         self.ws.eval_weights.hits()
     }
@@ -164,6 +167,17 @@ pub struct StepProfile {
 /// blocks (`D ≤ 128`): `small` +24–26%, `book` +0–6%, `embedded` +1%.
 const EVAL_BLOCK_ROWS: usize = 10;
 
+/// Steps per time chunk of an evaluation batch of `batch` streams: the LSTM layers run chunk
+/// `c + 1` while the output layer scores chunk `c`, when a recurrent step's product is too
+/// small for the GEMM to split (one core would idle through the recurrence) and the model is
+/// wide enough to repay the extra calls; otherwise the whole batch at once. Same-process A/B
+/// against whole batches: `small` +18–21% (chunks of 5 or 7 steps; 3: +6%), `book` (whose
+/// steps are split) ±1%, `embedded` −3% (7) / −9% (5). With the host's 10 streams (chunks of whole
+/// 10-row blocks) the losses are the same bits either way.
+pub fn eval_chunk_steps(dim: usize, batch: usize) -> usize {
+    if dim > 128 && batch * dim * 4 * dim < crate::gemm::MIN_PARALLEL_WORK { 7 } else { usize::MAX }
+}
+
 /// Rows per block of the fused output layer. With a narrow model (`D ≤ 128`) each block's
 /// scores (`40 × V` floats, 1.6 MB for PTB) are computed, turned into softmax gradients and
 /// multiplied back by `E` while they are still in the core's cache, instead of making three
@@ -172,6 +186,33 @@ const EVAL_BLOCK_ROWS: usize = 10;
 /// on the thread count, so results do not either.
 fn output_block_rows(dim: usize, rows: usize) -> usize {
     if dim <= 128 { 40 } else { rows.div_ceil(2).max(1) }
+}
+
+/// Positions `rows` (time-major: whole steps) of an evaluation batch through the embedding and
+/// every LSTM layer, carrying their state from the chunk before; the top layer's output goes to
+/// `out`. No dropout.
+#[allow(clippy::too_many_arguments)]
+fn eval_hidden_chunk(
+    gemm: &impl Gemm,
+    layout: &Layout,
+    layers: &mut [Lstm<Vec<f32>>],
+    inputs: &mut [Vec<f32>],
+    out: &mut [f32],
+    params: &[f32],
+    ids: &[u32],
+    rows: Range<usize>,
+) -> Result<(), lstm_core::Error> {
+    let d = layout.dims.dim;
+    let span = rows.start * d..rows.end * d;
+    let steps = rows.len() / layers.first().map_or(1, |l| l.batch().max(1));
+    embedding_forward(&params[layout.embedding.clone()], d, ids, &mut inputs[0][span.clone()])?;
+    for l in 0..layers.len() {
+        let w = layout.lstm_weights(params, l);
+        layers[l].forward(gemm, &w, &inputs[l][span.clone()], steps)?;
+        let dest = if l + 1 < layers.len() { &mut inputs[l + 1][span.clone()] } else { &mut *out };
+        dest.copy_from_slice(layers[l].output());
+    }
+    Ok(())
 }
 
 /// The LSTM layers' backward pass, top to bottom, borrowing only what it needs from a
@@ -236,6 +277,7 @@ impl Workspace {
             tied_t: PreparedB::default(),
             tied: PreparedB::default(),
             eval_weights: PreparedOperands::default(),
+            eval_block_sums: Vec::new(),
             grads: vec![0.0; layout.total],
             profile: None,
         }
@@ -460,30 +502,80 @@ impl Workspace {
     }
 
     fn eval_step_prepared(&mut self, params: &[f32], ids: &[u32], targets: &[u32]) -> Result<f64, lstm_core::Error> {
-        let mut unused = Rng::new(0);
-        let weights = std::mem::take(&mut self.eval_weights);
-        let gemm = self.gemm.with_prepared(&weights);
-        let forward = self.forward_hidden(&gemm, params, ids, Dropout { p: 0.0 }, &mut unused, false);
-        self.eval_weights = weights;
-        forward?;
+        let rows = self.rows();
+        for (what, len) in [("evaluation ids", ids.len()), ("evaluation targets", targets.len())] {
+            if len != rows {
+                return Err(lstm_core::Error::BufferLength { what, expected: rows, actual: len });
+            }
+        }
         let (v, d) = (self.layout.dims.vocab, self.layout.dims.dim);
+        let (batch, time) = (self.batch, self.time);
+        let chunk_steps = eval_chunk_steps(d, batch).min(time).max(1);
+        let chunks = time.div_ceil(chunk_steps);
+        let chunk_rows = |c: usize| c * chunk_steps * batch..time.min((c + 1) * chunk_steps) * batch;
+        let weights = std::mem::take(&mut self.eval_weights);
+        let prepared = self.gemm.with_prepared(&weights);
         let bias = &params[self.layout.out_bias.clone()];
         let emb = Mat::new(&params[self.layout.embedding.clone()], v, d);
-        let (gemm, tied_t) = (self.gemm, &self.tied_t);
-        let block_rows = EVAL_BLOCK_ROWS;
-        // The scores of a block never leave the thread's cache-resident scratch buffer.
-        let sums: Vec<Result<f64, lstm_core::Error>> = targets
-            .par_chunks(block_rows)
-            .zip(self.inputs[self.layers.len()].par_chunks(d * block_rows))
-            .map(|(t, h)| {
-                SCRATCH.with_borrow_mut(|hot| {
-                    hot.resize(t.len() * v, 0.0);
-                    gemm.gemm_prepared(1.0, Mat::new(h, t.len(), d), emb.t(), tied_t, 0.0, hot);
-                    cross_entropy_sum_biased(hot, bias, t)
-                })
-            })
-            .collect();
-        sums.into_iter().sum()
+        let (gemm, tied_t, layout) = (self.gemm, &self.tied_t, &self.layout);
+        let top = self.layers.len();
+        let (lower, upper) = self.inputs.split_at_mut(top);
+        let h_top = &mut upper[0][..rows * d];
+        let blocks: usize = (0..chunks).map(|c| chunk_rows(c).len().div_ceil(EVAL_BLOCK_ROWS)).sum();
+        self.eval_block_sums.clear();
+        self.eval_block_sums.resize(blocks, Ok(0.0));
+        let mut block_sums = &mut self.eval_block_sums[..];
+        // Time chunk `c + 1` runs through the LSTM layers while the output layer scores chunk
+        // `c` (see `eval_chunk_steps`). Each block's loss lands in its own slot, added in order
+        // at the end, so the sum does not depend on the thread count.
+        let mut hidden = |c: usize, out: &mut [f32]| {
+            eval_hidden_chunk(
+                &prepared,
+                layout,
+                &mut self.layers,
+                lower,
+                out,
+                params,
+                &ids[chunk_rows(c)],
+                chunk_rows(c),
+            )
+        };
+        let (first, mut pending) = h_top.split_at_mut(chunk_rows(0).len() * d);
+        let mut status = hidden(0, first);
+        let mut done: &[f32] = first;
+        for c in 0..chunks {
+            // `status` is chunk `c`'s forward: scoring a chunk that failed would be meaningless.
+            if status.is_err() {
+                break;
+            }
+            let blocks = chunk_rows(c).len().div_ceil(EVAL_BLOCK_ROWS);
+            let (sums, later) = block_sums.split_at_mut(blocks);
+            block_sums = later;
+            let mut score = move || {
+                // The scores of a block never leave the thread's cache-resident scratch buffer.
+                sums.par_iter_mut()
+                    .zip(targets[chunk_rows(c)].par_chunks(EVAL_BLOCK_ROWS))
+                    .zip(done.par_chunks(d * EVAL_BLOCK_ROWS))
+                    .for_each(|((sum, t), h)| {
+                        *sum = SCRATCH.with_borrow_mut(|hot| {
+                            hot.resize(t.len() * v, 0.0);
+                            gemm.gemm_prepared(1.0, Mat::new(h, t.len(), d), emb.t(), tied_t, 0.0, hot);
+                            cross_entropy_sum_biased(hot, bias, t)
+                        });
+                    });
+            };
+            if c + 1 < chunks {
+                let (next, rest) = pending.split_at_mut(chunk_rows(c + 1).len() * d);
+                let ((), next_status) = rayon::join(score, || hidden(c + 1, next));
+                status = next_status;
+                (done, pending) = (next, rest);
+            } else {
+                score();
+            }
+        }
+        self.eval_weights = weights;
+        status?;
+        self.eval_block_sums.iter().try_fold(0.0, |total, sum| Ok(total + (*sum)?))
     }
 
     /// The training loss (dropout drawn from `rng`, like [`Workspace::train_step`]) without the

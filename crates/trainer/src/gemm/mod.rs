@@ -21,7 +21,7 @@ const MIN_PIECE_ROWS: usize = 500;
 const PIECES_PER_THREAD: usize = 4;
 
 /// Below this many multiply-adds a product is not worth splitting.
-const MIN_PARALLEL_WORK: usize = 1 << 22;
+pub const MIN_PARALLEL_WORK: usize = 1 << 22;
 
 /// Steps of `k` per packed block unless [`FastGemm::with_k_block`] says otherwise.
 #[cfg(target_arch = "x86_64")]
