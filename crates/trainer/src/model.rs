@@ -5,7 +5,9 @@
 //! [`Layout`] names its parts. Every equation is `lstm-core`'s; this module only owns buffers
 //! and the order of calls, including what runs beside what: the LSTM recurrences are chains of
 //! small one-thread products, so packing the tied matrix and the output's dE product run
-//! alongside them (`rayon::join`), which changes no result.
+//! alongside them (`rayon::join`), and an evaluation of a model whose step products are too
+//! small to split scores one time chunk while the layers run the next; none of it changes a
+//! result.
 
 use crate::gemm::{FastGemm, PreparedB, PreparedOperands};
 use lstm_core::dropout::Dropout;
