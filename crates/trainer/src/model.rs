@@ -190,16 +190,20 @@ fn output_block_rows(dim: usize, rows: usize) -> usize {
     if dim <= 128 { 40 } else { rows.div_ceil(2).max(1) }
 }
 
-/// Positions `rows` (time-major: whole steps) of an evaluation batch through the embedding and
-/// every LSTM layer, carrying their state from the chunk before; the top layer's output goes to
-/// `out`. No dropout.
+/// Positions `rows` (time-major: whole steps) of a batch through the embedding and every LSTM
+/// layer, each layer's input and the top output through dropout (masks for the same rows,
+/// drawn from `rng` in layer order; with `train == false` all ones), carrying each layer's
+/// state from the call before. `inputs` holds the inputs of layers `0..L`; the top layer's
+/// output goes to `out`.
 #[allow(clippy::too_many_arguments)]
-fn eval_hidden_chunk(
+fn hidden_rows(
     gemm: &impl Gemm,
     layout: &Layout,
     layers: &mut [Lstm<Vec<f32>>],
     inputs: &mut [Vec<f32>],
     out: &mut [f32],
+    masks: &mut [Vec<f32>],
+    (dropout, rng, train): (Dropout, &mut Rng, bool),
     params: &[f32],
     ids: &[u32],
     rows: Range<usize>,
@@ -208,11 +212,14 @@ fn eval_hidden_chunk(
     let span = rows.start * d..rows.end * d;
     let steps = rows.len() / layers.first().map_or(1, |l| l.batch().max(1));
     embedding_forward(&params[layout.embedding.clone()], d, ids, &mut inputs[0][span.clone()])?;
+    dropout.forward(&mut inputs[0][span.clone()], &mut masks[0][span.clone()], rng, train);
     for l in 0..layers.len() {
         let w = layout.lstm_weights(params, l);
-        layers[l].forward(gemm, &w, &inputs[l][span.clone()], steps)?;
-        let dest = if l + 1 < layers.len() { &mut inputs[l + 1][span.clone()] } else { &mut *out };
+        let (below, above) = inputs.split_at_mut(l + 1);
+        layers[l].forward(gemm, &w, &below[l][span.clone()], steps)?;
+        let dest = if l + 1 < layers.len() { &mut above[0][span.clone()] } else { &mut *out };
         dest.copy_from_slice(layers[l].output());
+        dropout.forward(dest, &mut masks[l + 1][span.clone()], rng, train);
     }
     Ok(())
 }
@@ -351,17 +358,20 @@ impl Workspace {
         rng: &mut Rng,
         train: bool,
     ) -> Result<(), lstm_core::Error> {
-        let d = self.layout.dims.dim;
-        embedding_forward(&params[self.layout.embedding.clone()], d, ids, &mut self.inputs[0])?;
-        dropout.forward(&mut self.inputs[0], &mut self.masks[0], rng, train);
-        for l in 0..self.layers.len() {
-            let w = self.layout.lstm_weights(params, l);
-            let (below, above) = self.inputs.split_at_mut(l + 1);
-            self.layers[l].forward(gemm, &w, &below[l], self.time)?;
-            above[0].copy_from_slice(self.layers[l].output());
-            dropout.forward(&mut above[0], &mut self.masks[l + 1], rng, train);
-        }
-        Ok(())
+        let top = self.layers.len();
+        let (lower, upper) = self.inputs.split_at_mut(top);
+        hidden_rows(
+            gemm,
+            &self.layout,
+            &mut self.layers,
+            lower,
+            &mut upper[0],
+            &mut self.masks,
+            (dropout, rng, train),
+            params,
+            ids,
+            0..self.batch * self.time,
+        )
     }
 
     /// Forward to all output scores `h·Eᵀ`, **without** the output bias: the softmax adds it in
@@ -530,13 +540,17 @@ impl Workspace {
         // Time chunk `c + 1` runs through the LSTM layers while the output layer scores chunk
         // `c` (see `eval_chunk_steps`). Each block's loss lands in its own slot, added in order
         // at the end, so the sum does not depend on the thread count.
+        let (masks, mut unused) = (&mut self.masks, Rng::new(0));
         let mut hidden = |c: usize, out: &mut [f32]| {
-            eval_hidden_chunk(
+            let no_dropout = (Dropout { p: 0.0 }, &mut unused, false);
+            hidden_rows(
                 &prepared,
                 layout,
                 &mut self.layers,
                 lower,
                 out,
+                masks,
+                no_dropout,
                 params,
                 &ids[chunk_rows(c)],
                 chunk_rows(c),
