@@ -408,17 +408,20 @@ impl Workspace {
         let emb = Mat::new(&params[self.layout.embedding.clone()], v, d);
         // `E` and `Eᵀ` are packed for the output layer while the LSTM runs: its recurrence is
         // a chain of small products and cell updates, mostly on one thread, which leaves the
-        // other free.
+        // other free. The gradient is zeroed there too (a pass over every parameter, 53 MB for
+        // `book`; same-process A/B: training +1–1.5% against zeroing after the output layer).
         let (mut tied_t, mut tied) = (std::mem::take(&mut self.tied_t), std::mem::take(&mut self.tied));
+        let mut grads = std::mem::take(&mut self.grads);
         let gemm = self.gemm;
         let (forward, ()) = rayon::join(
             || self.forward_hidden(&gemm, params, ids, dropout, rng, true),
             || {
                 gemm.prepare(emb.t(), &mut tied_t);
                 gemm.prepare(emb, &mut tied);
+                crate::update::zero(&mut grads);
             },
         );
-        (self.tied_t, self.tied) = (tied_t, tied);
+        (self.tied_t, self.tied, self.grads) = (tied_t, tied, grads);
         forward?;
         self.lap(&mut clock, 0);
         let rows = targets.len();
@@ -453,7 +456,6 @@ impl Workspace {
         for s in sums {
             total += s?;
         }
-        crate::update::zero(&mut self.grads);
         let (g_rest, g_out) = self.grads.split_at_mut(self.layout.out_bias.start);
         for partial in self.bias_partials.chunks_exact(v) {
             g_out.iter_mut().zip(partial).for_each(|(g, p)| *g += p);
