@@ -503,6 +503,8 @@ mod tests {
             (311, 2081, 20),
             (31, 33, 600),
             (45, 250, 300),
+            // `A` read in place across 21 panels of `B` and two k-blocks (`book`'s dh = dY·E).
+            (23, 650, 300),
             // Cut into more row pieces than threads (4 threads below).
             (2600, 40, 60),
         ];

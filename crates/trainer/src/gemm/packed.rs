@@ -24,10 +24,13 @@ const MC: usize = 300;
 const NC: usize = 2048;
 
 /// A row-major `A` whose panels each meet at most this many panels of `B` is read in place
-/// (`n ≤ 256`): `small`'s dh = dY·E (350 × 200 × 10,000 per block) ran 15% faster than
-/// packing its 14 MB of `A` first, training +5% (same-process A/B against 2 panels; 16 the
-/// same as 8).
-const A_IN_PLACE_MAX: usize = 8;
+/// (`n ≤ 768`): packing costs a pass over `A` that only pays back when each panel meets many
+/// panels of `B`. `small`'s dh = dY·E (350 × 200 × 10,000 per block) ran 15% faster than
+/// packing its 14 MB of `A` first, training +5% (same-process A/B against 2 panels). `book`'s
+/// `n = 650` products (dY·E, dA·Wxᵀ, each step's dA·Whᵀ) ran 5–8% faster in place on one
+/// thread, training +1–2% (medians of 40-step A/Bs against 8 panels); x·Wx (`n = 2600`) lost
+/// 6% in place, so wider products stay packed.
+const A_IN_PLACE_MAX: usize = 24;
 /// A small row-major `B` meeting at most this many panels of `A` is read in place.
 const B_IN_PLACE_MAX: usize = 2;
 
