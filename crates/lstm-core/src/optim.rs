@@ -4,9 +4,27 @@
 //! [`sgd_step_scaled`]) so a host can run them over chunks on several threads and still use
 //! these formulas; [`clip_grad_norm`] and [`sgd_step`] are the one-buffer-at-a-time versions.
 
+/// Independent partial sums in [`sum_of_squares`].
+const LANES: usize = 8;
+
 /// Σ v² of one buffer, accumulated in f64: a partial sum of the squared global norm.
+///
+/// Element `i` goes to partial sum `i mod 8` and the eight are added in order at the end: one
+/// running sum waits on each addition's latency, eight independent ones vectorise (`book`'s
+/// 13.3 M gradients on one thread: 12.4 → 6.6 ms, now near the memory's pace). The order is
+/// fixed, so the result is the same on every call.
 pub fn sum_of_squares(values: &[f32]) -> f64 {
-    values.iter().map(|&v| f64::from(v) * f64::from(v)).sum()
+    let mut lanes = [0.0f64; LANES];
+    let mut chunks = values.chunks_exact(LANES);
+    for chunk in &mut chunks {
+        for (lane, &v) in lanes.iter_mut().zip(chunk) {
+            *lane += f64::from(v) * f64::from(v);
+        }
+    }
+    for (lane, &v) in lanes.iter_mut().zip(chunks.remainder()) {
+        *lane += f64::from(v) * f64::from(v);
+    }
+    lanes.iter().sum()
 }
 
 /// L2 norm over every gradient buffer together, accumulated in f64.
@@ -47,6 +65,22 @@ pub fn sgd_step_scaled(params: &mut [f32], grads: &[f32], lr: f32, scale: f32) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Against a plain running f64 sum, for lengths around the lane count (the remainder path)
+    /// and a long buffer; the lanes reorder f64 additions of f32 squares, so the two agree to
+    /// f64 rounding, far below an f32 norm's resolution.
+    #[test]
+    fn sum_of_squares_matches_a_running_sum() {
+        let mut rng = crate::rng::Rng::new(5);
+        for len in [0usize, 1, 7, 8, 9, 17, 1000, 65_537] {
+            let data: std::vec::Vec<f32> = (0..len).map(|_| rng.normal()).collect();
+            let plain: f64 = data.iter().map(|&v| f64::from(v) * f64::from(v)).sum();
+            let lanes = sum_of_squares(&data);
+            assert!((lanes - plain).abs() <= 1e-12 * plain.max(1.0), "len {len}: {lanes} vs {plain}");
+        }
+        assert_eq!(sum_of_squares(&[]), 0.0);
+        assert_eq!(sum_of_squares(&[3.0, 4.0]), 25.0);
+    }
 
     #[test]
     fn clipping_caps_at_threshold() {
