@@ -96,14 +96,27 @@ fn pack_panels<const W: usize>(m: &Strided<'_>, rows: Range<usize>, ks: Range<us
                 }
             }
         } else if m.cs == 1 && live == W && W.is_multiple_of(8) {
-            // Rows contiguous along k (B = Eᵀ of a row-major E, say): transpose 8 rows at a
-            // time, so each step writes 8 consecutive floats instead of one strided float.
+            // Rows contiguous along k (B = Eᵀ of a row-major E, say): 16 × 16 blocks
+            // transposed in registers, then the last steps 8 rows at a time, so each step
+            // writes 8 consecutive floats instead of one strided float. The register
+            // transposes took `book`'s `Whᵀ` from 2.0 to 1.05 ms and `Eᵀ` (2 threads) from 7.5
+            // to 4.5 ms; training +0.7% (`book`), +1.5% (`small`), ±0 (`embedded`).
+            let transposer = Avx512::detect().filter(|_| W.is_multiple_of(16));
+            let blocked = if transposer.is_some() { kb / 16 * 16 } else { 0 };
+            if let Some(t) = transposer {
+                for r0 in (0..W).step_by(16) {
+                    for p0 in (0..blocked).step_by(16) {
+                        let at = (i0 + r0) * m.rs + ks.start + p0;
+                        t.transpose16(&m.data[at..], m.rs, &mut panel[p0 * W + r0..], W);
+                    }
+                }
+            }
             for r0 in (0..W).step_by(8) {
                 let rows: [&[f32]; 8] = std::array::from_fn(|r| {
                     let at = (i0 + r0 + r) * m.rs + ks.start;
                     &m.data[at..at + kb]
                 });
-                for (p, dst) in panel.chunks_exact_mut(W).enumerate() {
+                for (p, dst) in panel.chunks_exact_mut(W).enumerate().skip(blocked) {
                     let dst: &mut [f32; 8] = (&mut dst[r0..r0 + 8]).try_into().expect("8 floats");
                     for (d, row) in dst.iter_mut().zip(&rows) {
                         *d = row[p];
@@ -413,6 +426,32 @@ fn edge_tile(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A transposed operand (rows contiguous along k: 16 × 16 register transposes, then the
+    /// steps left over) packs element `(p, j)` of `B` at `(q·kb + p)·NR + j`, zeros past the
+    /// last column; blocks of steps with and without a tail, from the start and from inside.
+    #[test]
+    fn transposed_operand_packs_element_by_element() {
+        let (k, n) = (45, 70);
+        // `Bᵀ` row-major (n × k), so `B` is its transposed view.
+        let data: Vec<f32> = (0..k * n).map(|v| v as f32).collect();
+        let b = Strided { data: &data, rows: n, cols: k, rs: k, cs: 1 }.t();
+        for ks in [0..45, 0..32, 5..40, 29..45] {
+            let kb = ks.len();
+            let panels = n.div_ceil(NR);
+            let mut out = vec![f32::NAN; panels * NR * kb];
+            pack_b(&b, ks.clone(), 0..n, &mut out);
+            for q in 0..panels {
+                for p in 0..kb {
+                    for j in 0..NR {
+                        let col = q * NR + j;
+                        let want = if col < n { data[col * k + ks.start + p] } else { 0.0 };
+                        assert_eq!(out[(q * kb + p) * NR + j], want, "steps {ks:?}: panel {q}, step {p}, column {j}");
+                    }
+                }
+            }
+        }
+    }
 
     /// Every k-block of a packed `B` starts on a cache line, whatever the allocator returned
     /// (`kb·padded` floats per block, a multiple of 16, keeps the blocks after the first there).
