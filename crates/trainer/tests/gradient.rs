@@ -91,3 +91,28 @@ fn gradient_does_not_depend_on_the_thread_count() {
     assert_eq!(u1, u3);
     assert!(p1.iter().zip(&p3).all(|(a, b)| a.to_bits() == b.to_bits()), "updates differ between 1 and 3 threads");
 }
+
+/// A step whose forward fails (a word outside the vocabulary, found before the first
+/// recurrence starts the packing and zeroing that run beside it) reports the error and leaves
+/// the workspace whole: the next step's loss and gradient equal a fresh workspace's, bit for
+/// bit.
+#[test]
+fn a_failed_step_leaves_the_workspace_whole() {
+    let dims = Dims { vocab: 23, dim: 8, layers: 2 };
+    let layout = Layout::new(dims);
+    let params = init_params(&layout, &mut Rng::new(4));
+    let (batch, time) = (3, 5);
+    let ids: Vec<u32> = (0..batch * time).map(|k| (k as u32 * 3) % 23).collect();
+    let targets: Vec<u32> = (0..batch * time).map(|k| (k as u32 * 7 + 1) % 23).collect();
+    let mut bad = ids.clone();
+    bad[4] = 23;
+    let dropout = Dropout { p: 0.0 };
+    let mut ws = Workspace::new(&layout, batch, time, FastGemm::new(2));
+    assert!(ws.train_step(&params, &bad, &targets, dropout, &mut Rng::new(1)).is_err());
+    ws.reset_state();
+    let loss = ws.train_step(&params, &ids, &targets, dropout, &mut Rng::new(1)).unwrap();
+    let mut fresh = Workspace::new(&layout, batch, time, FastGemm::new(2));
+    let want = fresh.train_step(&params, &ids, &targets, dropout, &mut Rng::new(1)).unwrap();
+    assert_eq!(loss.to_bits(), want.to_bits());
+    assert_eq!(ws.grads, fresh.grads);
+}
