@@ -67,9 +67,7 @@ impl Avx512 {
             }
         }
     }
-}
 
-impl Avx512 {
     /// `dst[q·dst_stride + r] = src[r·src_stride + q]` for `r, q < 16`: a 16 × 16 block
     /// transposed in registers, so packing a transposed operand (`Eᵀ`, `Wxᵀ`, `Whᵀ`) reads and
     /// writes whole cache lines instead of one float per row and step.
