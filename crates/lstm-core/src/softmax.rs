@@ -130,6 +130,51 @@ pub fn cross_entropy_sum_biased(scores: &[f32], bias: &[f32], targets: &[u32]) -
     Ok(total)
 }
 
+/// `log Σ exp` of one row computed piece by piece: each piece of the row (a range of the
+/// vocabulary) gives its own maximum and shifted sum, and pieces merge in any fixed order. A host
+/// can then compute scores for a slice of the vocabulary at a time, reduce them while they are
+/// in cache, and never hold a whole `rows × V` matrix or stream the output weights once per row
+/// block.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PartialLogSumExp {
+    /// Largest entry seen (−∞ for none).
+    max: f32,
+    /// `Σ exp(entry − max)` over the entries seen.
+    sum: f32,
+}
+
+impl PartialLogSumExp {
+    /// Nothing seen yet: merging it changes nothing.
+    pub const EMPTY: PartialLogSumExp = PartialLogSumExp { max: f32::NEG_INFINITY, sum: 0.0 };
+
+    /// The piece `scores[i] + bias[i]` of a row (over the common length), without storing the
+    /// sums. A NaN entry makes the piece, and whatever it merges into, NaN.
+    pub fn of_biased(scores: &[f32], bias: &[f32]) -> PartialLogSumExp {
+        let max = max_of_sums(scores, bias);
+        if max == f32::NEG_INFINITY {
+            // Empty, all −∞, or all NaN (the maximum skips NaN).
+            let nan = scores.iter().zip(bias).any(|(s, b)| (s + b).is_nan());
+            return if nan { PartialLogSumExp { max: f32::NAN, sum: f32::NAN } } else { PartialLogSumExp::EMPTY };
+        }
+        PartialLogSumExp { max, sum: exp_sum_of_sums(scores, bias, max) }
+    }
+
+    /// Both pieces together: the sums rescaled to the larger maximum (so nothing overflows).
+    #[must_use]
+    pub fn merge(self, other: PartialLogSumExp) -> PartialLogSumExp {
+        let (hi, lo) = if other.max > self.max { (other, self) } else { (self, other) };
+        if lo.sum == 0.0 {
+            return hi;
+        }
+        PartialLogSumExp { max: hi.max, sum: hi.sum + lo.sum * crate::exp::exp(lo.max - hi.max) }
+    }
+
+    /// `log Σ exp` over every entry merged (−∞ for none).
+    pub fn value(self) -> f32 {
+        if self.sum == 0.0 { f32::NEG_INFINITY } else { self.max + libm::logf(self.sum) }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -181,6 +226,56 @@ mod tests {
             let col: f32 = (0..m).map(|i| with_bias[i * v + j]).sum();
             assert!((col - d_bias[j]).abs() < 1e-6);
         }
+    }
+
+    /// Test vectors: (row, piece lengths); the merged pieces give the whole row's log-sum-exp
+    /// within 2e−6 relative (one `exp` of 3e−7 per merge, a few additions).
+    #[test]
+    fn pieces_merge_to_the_whole_row() {
+        let ramp: std::vec::Vec<f32> = (0..1000).map(|i| ((i * 7919 % 1000) as f32 - 500.0) * 0.02).collect();
+        let cases: [(&[f32], &[usize]); 5] = [
+            (&[1.0, 2.0, 3.0], &[1, 2]),
+            (&[3.0, 2.0, 1.0], &[2, 1]),
+            (&[-1e30, 1e30, 0.0, 1e30], &[1, 1, 2]),
+            (&ramp, &[256, 256, 256, 232]),
+            (&ramp, &[1, 999]),
+        ];
+        for (row, pieces) in cases {
+            assert_eq!(pieces.iter().sum::<usize>(), row.len());
+            let zeros = std::vec![0.0f32; row.len()];
+            let want = log_sum_exp(row);
+            let mut at = 0;
+            let mut merged = PartialLogSumExp::EMPTY;
+            for &len in pieces {
+                let piece = PartialLogSumExp::of_biased(&row[at..at + len], &zeros[at..at + len]);
+                merged = merged.merge(piece);
+                at += len;
+            }
+            let got = merged.value();
+            assert!((got - want).abs() <= 2e-6 * want.abs().max(1.0), "{pieces:?}: {got} vs {want}");
+            // The empty piece is the identity on either side.
+            assert_eq!(merged.merge(PartialLogSumExp::EMPTY), merged);
+            assert_eq!(PartialLogSumExp::EMPTY.merge(merged), merged);
+        }
+        assert_eq!(PartialLogSumExp::of_biased(&[], &[]), PartialLogSumExp::EMPTY);
+        // NaN is never lost, whichever side it merges from, even from a piece of NaN only.
+        let fine = PartialLogSumExp::of_biased(&[1.0, 2.0], &[0.0, 0.0]);
+        for bad in [[f32::NAN, 1.0], [f32::NAN, f32::NAN], [f32::NEG_INFINITY, f32::NAN]] {
+            let nan = PartialLogSumExp::of_biased(&bad, &[0.0, 0.0]);
+            for merged in [
+                nan,
+                fine.merge(nan),
+                nan.merge(fine),
+                PartialLogSumExp::EMPTY.merge(nan),
+                nan.merge(PartialLogSumExp::EMPTY),
+            ] {
+                assert!(merged.value().is_nan(), "{bad:?}: {merged:?}");
+            }
+        }
+        assert_eq!(PartialLogSumExp::EMPTY.value(), f32::NEG_INFINITY);
+        // The bias is added before anything else.
+        let biased = PartialLogSumExp::of_biased(&[1.0, 5.0], &[2.0, -2.0]).value();
+        assert!((biased - log_sum_exp(&[3.0, 3.0])).abs() < 1e-6);
     }
 
     proptest! {
