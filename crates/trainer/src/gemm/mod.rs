@@ -13,6 +13,7 @@ mod packed;
 
 use lstm_core::gemm::{FixedRhsGemm, Gemm, Mat, Unprepared, check_gemm_shapes};
 use nalgebra::{DMatrixView, DMatrixViewMut, Dyn};
+use std::ops::Range;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// Smallest row piece when a product is cut into more pieces than threads.
@@ -136,15 +137,68 @@ impl FastGemm {
     /// If the shapes differ, or `prepared` was made from a matrix of another shape.
     pub fn gemm_prepared(&self, alpha: f32, a: Mat<'_>, b: Mat<'_>, prepared: &PreparedB, beta: f32, c: &mut [f32]) {
         check_gemm_shapes(&a, &b, c.len());
+        self.gemm_prepared_columns(alpha, a, b, prepared, 0..b.cols(), beta, c);
+    }
+
+    /// [`FastGemm::gemm_prepared`] restricted to columns `cols` of `b` (starting at a multiple
+    /// of [`FastGemm::COLUMN_ALIGN`]): `c` is `a.rows() × cols.len()`, and each of its elements
+    /// gets the same bits as in the whole product. Lets a caller walk a wide `b` a slice at a
+    /// time and reduce each slice of `C` while it is still in cache.
+    ///
+    /// # Panics
+    /// If the shapes differ, `cols` is not inside `b` or starts off the alignment, or
+    /// `prepared` was made from a matrix of another shape.
+    #[allow(clippy::too_many_arguments)]
+    pub fn gemm_prepared_columns(
+        &self,
+        alpha: f32,
+        a: Mat<'_>,
+        b: Mat<'_>,
+        prepared: &PreparedB,
+        cols: Range<usize>,
+        beta: f32,
+        c: &mut [f32],
+    ) {
+        assert!(
+            a.cols() == b.rows() && cols.start <= cols.end && cols.end <= b.cols(),
+            "gemm: columns outside the operand"
+        );
+        assert!(cols.start.is_multiple_of(Self::COLUMN_ALIGN), "gemm: column range off the alignment");
+        assert_eq!(c.len(), a.rows() * cols.len(), "gemm: output has the wrong length");
         assert_eq!(prepared.shape, (b.rows(), b.cols()), "gemm: prepared operand has another shape");
-        #[cfg(target_arch = "x86_64")]
-        if let Some(kernel) = self.avx512_kernel() {
-            packed::gemm_prepacked(kernel, alpha, strided(&a), &prepared.packed, 0..b.cols(), beta, c);
+        if a.rows() == 0 || cols.is_empty() {
             return;
         }
-        FastGemm { threads: 1, ..*self }.gemm(alpha, a, b, beta, c);
+        #[cfg(target_arch = "x86_64")]
+        if let Some(kernel) = self.avx512_kernel() {
+            packed::gemm_prepacked(kernel, alpha, strided(&a), &prepared.packed, cols, beta, c);
+            return;
+        }
+        let (m, w) = (a.rows(), cols.len());
+        if m <= SMALL_DIM || w <= SMALL_DIM || a.cols() <= SMALL_DIM {
+            // nalgebra's small-matrix loop mis-indexes strided views (see `SMALL_DIM`).
+            for (i, row) in c.chunks_exact_mut(w).enumerate() {
+                for (j, out) in row.iter_mut().enumerate() {
+                    let dot: f32 = (0..a.cols()).map(|p| a.at(i, p) * b.at(p, cols.start + j)).sum();
+                    *out = alpha * dot + if beta == 0.0 { 0.0 } else { beta * *out };
+                }
+            }
+            return;
+        }
+        if beta == 0.0 {
+            c.fill(0.0);
+        }
+        let mut cv: ViewMut<'_> = DMatrixViewMut::from_slice_with_strides_mut(c, m, w, w, 1);
+        cv.gemm(alpha, &view(&a), &view(&b).columns_range(cols), beta);
     }
+
+    /// What the first column of [`FastGemm::gemm_prepared_columns`] must be a multiple of (the
+    /// micro-kernel's tile width; asked of every backend, so callers do not depend on it).
+    pub const COLUMN_ALIGN: usize = 32;
 }
+
+#[cfg(target_arch = "x86_64")]
+const _: () = assert!(FastGemm::COLUMN_ALIGN.is_multiple_of(avx512::NR));
 
 /// An operand prepared once by [`FastGemm::prepare`] for many products.
 #[derive(Debug, Default)]
@@ -613,6 +667,53 @@ mod tests {
                 assert_eq!(want, fixed);
             }
         });
+    }
+
+    /// A slice of a prepared operand's columns gives exactly those columns of the whole
+    /// product (both backends; transposed and plain `B`, a partial last slice, in-place and
+    /// packed `A`).
+    #[test]
+    fn prepared_column_slices_equal_the_whole_product() {
+        let mut rng = Rng::new(8);
+        for &(m, n, k) in &[(23, 200, 70), (350, 1100, 136), (3, 40, 2)] {
+            let a: Vec<f32> = (0..m * k).map(|_| rng.normal()).collect();
+            let b: Vec<f32> = (0..k * n).map(|_| rng.normal()).collect();
+            for backend in [Backend::Avx512, Backend::Nalgebra] {
+                let Some(fast) = FastGemm::new(1).with_backend(backend) else { continue };
+                for bm in [Mat::new(&b, k, n), Mat::new(&b, n, k).t()] {
+                    let am = Mat::new(&a, m, k);
+                    let mut prepared = PreparedB::default();
+                    fast.prepare(bm, &mut prepared);
+                    let mut whole = vec![0.0; m * n];
+                    fast.gemm_prepared(1.0, am, bm, &prepared, 0.0, &mut whole);
+                    for width in [FastGemm::COLUMN_ALIGN, 3 * FastGemm::COLUMN_ALIGN, 512] {
+                        for start in (0..n).step_by(width) {
+                            let cols = start..n.min(start + width);
+                            let mut slice = vec![f32::NAN; m * cols.len()];
+                            fast.gemm_prepared_columns(1.0, am, bm, &prepared, cols.clone(), 0.0, &mut slice);
+                            for (r, row) in slice.chunks_exact(cols.len()).enumerate() {
+                                assert_eq!(
+                                    row,
+                                    &whole[r * n + cols.start..r * n + cols.end],
+                                    "{backend:?} {m}x{n}x{k} {cols:?}"
+                                );
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    #[should_panic(expected = "off the alignment")]
+    fn column_slices_off_the_alignment_are_refused() {
+        let b = vec![1.0; 4 * 64];
+        let (bm, fast) = (Mat::new(&b, 4, 64), FastGemm::new(1));
+        let mut prepared = PreparedB::default();
+        fast.prepare(bm, &mut prepared);
+        let mut c = vec![0.0; 8];
+        fast.gemm_prepared_columns(1.0, Mat::new(&[1.0; 4], 1, 4), bm, &prepared, 8..16, 0.0, &mut c);
     }
 
     #[test]
