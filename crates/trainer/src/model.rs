@@ -13,7 +13,7 @@
 use crate::gemm::{FastGemm, PreparedB, PreparedOperands};
 use lstm_core::dropout::Dropout;
 use lstm_core::embedding::{embedding_backward, embedding_forward};
-use lstm_core::softmax::{cross_entropy_sum_biased, softmax_cross_entropy_biased};
+use lstm_core::softmax::{PartialLogSumExp, cross_entropy_sum_biased, softmax_cross_entropy_biased};
 use lstm_core::{Gemm, Lstm, LstmGrads, LstmWeights, Mat, Rng};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -106,6 +106,9 @@ pub struct Workspace {
     eval_weights: PreparedOperands,
     /// Each block's summed loss during an evaluation batch, added in order afterwards.
     eval_block_sums: Vec<Result<f64, lstm_core::Error>>,
+    /// Per vocabulary piece and row of an evaluation chunk (see [`EVAL_PIECE_WORDS`]): the
+    /// piece's log-sum-exp, and the target's biased score when the target lies in the piece.
+    eval_pieces: Vec<(PartialLogSumExp, f32)>,
     /// Gradient, same layout as the parameters.
     pub grads: Vec<f32>,
     /// Time per phase of [`Workspace::train_step`], when enabled.
@@ -165,11 +168,71 @@ pub struct StepProfile {
     pub steps: usize,
 }
 
-/// Rows per block of the evaluation's output layer (one tile height of the kernel): only scores
-/// and their loss, so the block need not meet `E` with many rows, and its 10 × V scores stay in
-/// L2 until reduced. Same-process A/B against halves of the batch (`D > 128`) and 40-row
-/// blocks (`D ≤ 128`): `small` +24–26%, `book` +0–6%, `embedded` +1%.
+/// Rows per block of a narrow model's evaluation output layer (`D ≤ 128`; wider ones go by
+/// vocabulary pieces, [`EVAL_PIECE_WORDS`], and only group their losses in these blocks): one
+/// tile height of the kernel, only scores and their loss, so the block need not meet `E` with
+/// many rows, and its 10 × V scores stay in L2 until reduced. Same-process A/B against halves
+/// of the batch (`D > 128`) and 40-row blocks (`D ≤ 128`): `small` +24–26%, `book` +0–6%,
+/// `embedded` +1%.
 const EVAL_BLOCK_ROWS: usize = 10;
+
+/// Words per vocabulary piece of a wide model's evaluation (`D > 128`, see
+/// [`score_by_pieces`]): each k-block of a piece's columns of `Eᵀ` (0.5 MB for `book`) and the
+/// batch's scores for the piece (0.7 MB) stay in L2 while they are multiplied and reduced.
+/// Same-process A/B in blocks of 5–10 batches against the 10-row blocks below: `book` +2 to
+/// +11% (four runs), `small` +11–14% (two runs); `embedded`, whose 2.6 MB `Eᵀ` stays in cache
+/// anyway, −4 to −11%, so narrow models keep the blocks. (Alternating single batches read
+/// `book` +19%: what one mode leaves in cache flatters the other.) 256 and 512 words ran
+/// alike for `book`, 512 and 768 for `small`.
+pub const EVAL_PIECE_WORDS: usize = 512;
+
+/// The summed losses of a wide model's evaluation rows, a vocabulary piece at a time: each
+/// piece's scores (`h · Eᵀ[:, piece]`) are reduced to a partial log-sum-exp per row while in
+/// cache, and the pieces merge in a fixed order. `Eᵀ` (26 MB for `book`) is then read once
+/// per batch instead of once per 10-row block, which also keeps the evaluation's speed from
+/// falling with the memory bandwidth other tenants leave. `sums[b]` gets rows
+/// `b·EVAL_BLOCK_ROWS..` (the same grouping as the blocks); `pieces` is scratch.
+#[allow(clippy::too_many_arguments)]
+fn score_by_pieces(
+    gemm: FastGemm,
+    h: Mat<'_>,
+    emb: Mat<'_>,
+    tied_t: &PreparedB,
+    bias: &[f32],
+    targets: &[u32],
+    pieces: &mut Vec<(PartialLogSumExp, f32)>,
+    sums: &mut [Result<f64, lstm_core::Error>],
+) {
+    let (rows, v) = (targets.len(), emb.rows());
+    if let Some(&id) = targets.iter().find(|&&t| t as usize >= v) {
+        sums.fill(Err(lstm_core::Error::TokenOutOfRange { id, vocab: v }));
+        return;
+    }
+    pieces.clear();
+    pieces.resize(v.div_ceil(EVAL_PIECE_WORDS) * rows, (PartialLogSumExp::EMPTY, 0.0));
+    // Piece `q`: rows `q·rows..`, each the piece's log-sum-exp and the target's biased score
+    // (0 when the target lies in another piece).
+    pieces.par_chunks_mut(rows.max(1)).enumerate().for_each(|(q, piece)| {
+        let words = q * EVAL_PIECE_WORDS..v.min((q + 1) * EVAL_PIECE_WORDS);
+        SCRATCH.with_borrow_mut(|hot| {
+            hot.resize(rows * words.len(), 0.0);
+            gemm.gemm_prepared_columns(1.0, h, emb.t(), tied_t, words.clone(), 0.0, hot);
+            let bias = &bias[words.clone()];
+            for ((scores, slot), &t) in hot.chunks_exact(words.len()).zip(piece).zip(targets) {
+                let target = (t as usize).checked_sub(words.start).filter(|&j| j < words.len());
+                *slot = (PartialLogSumExp::of_biased(scores, bias), target.map_or(0.0, |j| scores[j] + bias[j]));
+            }
+        });
+    });
+    for (b, sum) in sums.iter_mut().enumerate() {
+        let block = b * EVAL_BLOCK_ROWS..rows.min((b + 1) * EVAL_BLOCK_ROWS);
+        *sum = Ok(block.fold(0.0f64, |total, r| {
+            let lse = pieces[r..].iter().step_by(rows).fold(PartialLogSumExp::EMPTY, |acc, &(lse, _)| acc.merge(lse));
+            let target = pieces[targets[r] as usize / EVAL_PIECE_WORDS * rows + r].1;
+            total + f64::from(lse.value() - target)
+        }));
+    }
+}
 
 /// Steps per time chunk of an evaluation batch of `batch` streams: the LSTM layers run chunk
 /// `c + 1` while the output layer scores chunk `c`, when a recurrent step's product is too
@@ -311,6 +374,7 @@ impl Workspace {
             tied: PreparedB::default(),
             eval_weights: PreparedOperands::default(),
             eval_block_sums: Vec::new(),
+            eval_pieces: Vec::new(),
             grads: vec![0.0; layout.total],
             profile: None,
         }
@@ -600,7 +664,12 @@ impl Workspace {
             let blocks = chunk_rows(c).len().div_ceil(EVAL_BLOCK_ROWS);
             let (sums, later) = block_sums.split_at_mut(blocks);
             block_sums = later;
+            let pieces = &mut self.eval_pieces;
             let mut score = move || {
+                if d > 128 {
+                    let h = Mat::new(done, chunk_rows(c).len(), d);
+                    return score_by_pieces(gemm, h, emb, tied_t, bias, &targets[chunk_rows(c)], pieces, sums);
+                }
                 // The scores of a block never leave the thread's cache-resident scratch buffer.
                 sums.par_iter_mut()
                     .zip(targets[chunk_rows(c)].par_chunks(EVAL_BLOCK_ROWS))

@@ -63,3 +63,42 @@ fn pipelined_evaluation_equals_the_whole_batch_forward() {
     let expected = if gemm.backend() == Backend::Avx512 { 2 * dims.layers * chunks * batches.len() } else { 0 };
     assert_eq!(eval.prepared_hits(), expected);
 }
+
+/// A wide model (`D > 128`) scores its evaluation a vocabulary piece at a time and merges the
+/// pieces' log-sum-exps: the losses equal the whole-row softmax of the forward pass, with
+/// targets at both ends of every piece (the last one partial), and a target outside the
+/// vocabulary is an error naming it, not a loss.
+#[test]
+fn evaluation_by_vocabulary_pieces_equals_whole_rows() {
+    use lstm_core::dropout::Dropout;
+    use trainer::model::EVAL_PIECE_WORDS;
+    let vocab = 2 * EVAL_PIECE_WORDS + 77;
+    let dims = Dims { vocab, dim: 136, layers: 2 };
+    let (batch, time) = (2, 9);
+    let layout = Layout::new(dims);
+    let mut params = init_params(&layout, &mut Rng::new(11));
+    // Weights 8× and embeddings N(0, 0.8²): saturated states and scores spread widely, so a
+    // piece lost or merged twice shows.
+    params.iter_mut().for_each(|w| *w *= 8.0);
+    params[layout.embedding.clone()].iter_mut().for_each(|w| *w *= 10.0);
+    let edges = [0, EVAL_PIECE_WORDS - 1, EVAL_PIECE_WORDS, 2 * EVAL_PIECE_WORDS - 1, 2 * EVAL_PIECE_WORDS, vocab - 1];
+    let mut rng = Rng::new(4);
+    let ids: Vec<u32> = (0..batch * time).map(|_| (rng.next_u64() % vocab as u64) as u32).collect();
+    let targets: Vec<u32> = (0..batch * time).map(|k| edges[k % edges.len()] as u32).collect();
+    let gemm = FastGemm::new(2);
+    let (mut ws, mut reference) =
+        (Workspace::new(&layout, batch, time, gemm), Workspace::new(&layout, batch, time, gemm));
+    let mut eval = ws.evaluation(&params);
+    for i in 0..2 {
+        let got = eval.step(&ids, &targets).unwrap();
+        let mean = reference.train_loss(&params, &ids, &targets, Dropout { p: 0.0 }, &mut Rng::new(0)).unwrap();
+        let want = mean * (batch * time) as f64;
+        let uniform = (vocab as f64).ln();
+        assert!((mean - uniform).abs() > 1.0, "batch {i}: the scores must spread ({mean} vs {uniform})");
+        assert!((got - want).abs() <= 1e-6 * want.abs(), "batch {i}: {got} vs {want}");
+    }
+    let mut bad = targets.clone();
+    bad[5] = vocab as u32;
+    let err = eval.step(&ids, &bad).unwrap_err();
+    assert_eq!(err, lstm_core::Error::TokenOutOfRange { id: vocab as u32, vocab });
+}
