@@ -187,15 +187,37 @@ impl<S: AsRef<[f32]> + AsMut<[f32]>> Lstm<S> {
 
     /// Runs `steps` steps on `x` (`steps × N × D`, time-major). The output is in [`Self::output`].
     pub fn forward(&mut self, gemm: &impl Gemm, w: &LstmWeights<'_>, x: &[f32], steps: usize) -> Result<(), Error> {
+        check_len("lstm input", x.len(), steps * self.batch * self.input)?;
+        let (rows, d, g) = (steps * self.batch, self.input, 4 * self.hidden);
+        self.forward_projected(gemm, w, steps, |a_all| {
+            gemm.gemm(1.0, Mat::new(x, rows, d), Mat::new(w.wx, d, g), 0.0, a_all);
+            Ok(())
+        })
+    }
+
+    /// [`Self::forward`] for a caller that has the input projection `x·Wx` already: `project`
+    /// writes it (`steps × N × 4H`, time-major, without the bias) into the buffer it is given.
+    /// An evaluation's first layer reads its rows from a table of `E·Wx`, one row per word,
+    /// instead of multiplying the embedded words again every batch. An error from `project`
+    /// leaves the state as it was (and no tape: [`Self::backward`] refuses).
+    pub fn forward_projected(
+        &mut self,
+        gemm: &impl Gemm,
+        w: &LstmWeights<'_>,
+        steps: usize,
+        project: impl FnOnce(&mut [f32]) -> Result<(), Error>,
+    ) -> Result<(), Error> {
         self.check_weights(w)?;
         if steps > self.capacity {
             return Err(Error::TooManySteps { steps, capacity: self.capacity });
         }
-        check_len("lstm input", x.len(), steps * self.batch * self.input)?;
-        let (n, hd, d) = (self.batch, self.hidden, self.input);
+        let (n, hd) = (self.batch, self.hidden);
         let (nh, g) = (n * hd, 4 * hd);
         let (stateful, carry, last) = (self.stateful, self.carry, self.steps);
+        self.tape = false;
         let p = self.parts();
+        let a_all = &mut p.gates[..steps * n * g];
+        project(a_all)?;
         if !stateful {
             p.h[..nh].fill(0.0);
             p.c[..nh].fill(0.0);
@@ -203,8 +225,6 @@ impl<S: AsRef<[f32]> + AsMut<[f32]>> Lstm<S> {
             p.h.copy_within(last * nh..(last + 1) * nh, 0);
             p.c.copy_within(last * nh..(last + 1) * nh, 0);
         }
-        let a_all = &mut p.gates[..steps * n * g];
-        gemm.gemm(1.0, Mat::new(x, steps * n, d), Mat::new(w.wx, d, g), 0.0, a_all);
         for row in a_all.chunks_exact_mut(g) {
             row.iter_mut().zip(w.b).for_each(|(a, b)| *a += b);
         }
@@ -291,5 +311,54 @@ impl<S: AsRef<[f32]> + AsMut<[f32]>> Lstm<S> {
         }
         gemm.gemm(1.0, da, Mat::new(w.wx, d, g).t(), 0.0, dx);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{NaiveGemm, Rng};
+    use std::vec;
+    use std::vec::Vec;
+
+    /// `forward_projected` handed `x·Wx` gives `forward`'s outputs bit for bit, call after call
+    /// with the state carried; a projection that fails changes nothing (the state the next
+    /// call carries, the outputs) and leaves no tape for `backward`.
+    #[test]
+    fn projected_forward_equals_forward() {
+        let (d, h, n, t) = (5, 4, 3, 6);
+        let g = 4 * h;
+        let mut rng = Rng::new(3);
+        let mut random = |len: usize| -> Vec<f32> { (0..len).map(|_| rng.normal() * 0.5).collect() };
+        let (wx, wh, b) = (random(d * g), random(h * g), random(g));
+        let w = LstmWeights { wx: &wx, wh: &wh, b: &b };
+        let inputs: Vec<Vec<f32>> = (0..3).map(|_| random(t * n * d)).collect();
+        let layer = || Lstm::new(d, h, n, t, true, vec![0.0; Lstm::<Vec<f32>>::storage_len(h, n, t)]).unwrap();
+        let (mut plain, mut projected) = (layer(), layer());
+        let wx = &wx;
+        let project = |x: &[f32]| {
+            let x = x.to_vec();
+            move |a_all: &mut [f32]| {
+                NaiveGemm.gemm(1.0, Mat::new(&x, t * n, d), Mat::new(wx, d, g), 0.0, a_all);
+                Ok(())
+            }
+        };
+        for (call, x) in inputs.iter().enumerate() {
+            plain.forward(&NaiveGemm, &w, x, t).unwrap();
+            if call == 1 {
+                let output = projected.output().to_vec();
+                let failed = Error::TokenOutOfRange { id: 7, vocab: 3 };
+                assert_eq!(projected.forward_projected(&NaiveGemm, &w, t, |_| Err(failed)), Err(failed));
+                assert_eq!(projected.output(), output, "a failed call changes nothing");
+                let (mut grads_wx, mut grads_wh, mut grads_b) = (vec![0.0; d * g], vec![0.0; h * g], vec![0.0; g]);
+                let mut grads = LstmGrads { wx: &mut grads_wx, wh: &mut grads_wh, b: &mut grads_b };
+                let mut dx = vec![0.0; t * n * d];
+                let dh = vec![0.0; t * n * h];
+                assert_eq!(projected.backward(&NaiveGemm, &w, x, &dh, &mut grads, &mut dx), Err(Error::NoTape));
+            }
+            projected.forward_projected(&NaiveGemm, &w, t, project(x)).unwrap();
+            assert_eq!(plain.output(), projected.output(), "call {call}");
+            assert_eq!(plain.state(), projected.state(), "call {call}");
+        }
     }
 }
