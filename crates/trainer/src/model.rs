@@ -620,7 +620,11 @@ impl Workspace {
         // A/B in blocks of six batches, `book` +8–10% per batch, `small` +6–8%, `embedded` ±2%;
         // a pass over PTB's validation split (210 batches) repays it about five times over for `book`.
         let wx0 = self.layout.lstm_weights(params, 0).wx;
-        self.eval_input_table.resize(v * 4 * d, 0.0);
+        if self.eval_input_table.len() != v * 4 * d {
+            // Fresh zero pages from the allocator, first touched by the product's own threads
+            // (filling 104 MB on one thread first cost `book` 0.24 s in page faults).
+            self.eval_input_table = vec![0.0; v * 4 * d];
+        }
         self.gemm.gemm(1.0, emb, Mat::new(wx0, d, 4 * d), 0.0, &mut self.eval_input_table);
         // The other LSTM weights too (`book`: 27 MB packed per batch otherwise).
         let weights: Vec<Mat<'_>> = (0..self.layers.len())
