@@ -8,7 +8,8 @@
 //! after the first input projection) and the output's dE product run alongside them
 //! (`rayon::scope`, `rayon::join`), and an evaluation of a model whose step products are too
 //! small to split scores one time chunk while the layers run the next; none of it changes a
-//! result.
+//! result. An evaluation reads its first layer's input projection from a table of `E·Wx` made
+//! once, and a wide model's scores a vocabulary piece at a time ([`EVAL_PIECE_WORDS`]).
 
 use crate::gemm::{FastGemm, PreparedB, PreparedOperands};
 use lstm_core::dropout::Dropout;
@@ -179,7 +180,7 @@ pub struct StepProfile {
 const EVAL_BLOCK_ROWS: usize = 10;
 
 /// Words per vocabulary piece of a wide model's evaluation (`D > 128`, see
-/// [`score_by_pieces`]): each k-block of a piece's columns of `Eᵀ` (0.5 MB for `book`) and the
+/// `score_by_pieces`): each k-block of a piece's columns of `Eᵀ` (0.5 MB for `book`) and the
 /// batch's scores for the piece (0.7 MB) stay in L2 while they are multiplied and reduced.
 /// Same-process A/B in blocks of 5–10 batches against the 10-row blocks below: `book` +2 to
 /// +11% (four runs), `small` +11–14% (two runs); `embedded`, whose 2.6 MB `Eᵀ` stays in cache
