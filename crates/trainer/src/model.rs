@@ -620,13 +620,16 @@ impl Workspace {
         // 34 GFLOP (~0.2 s) once per evaluation, then 1.2 GFLOP less per batch: same-process
         // A/B in blocks of six batches, `book` +8–10% per batch, `small` +6–8%, `embedded` ±2%;
         // a pass over PTB's validation split (210 batches) repays it about five times over for `book`.
-        let wx0 = self.layout.lstm_weights(params, 0).wx;
-        if self.eval_input_table.len() != v * 4 * d {
+        let table_len = if self.layers.is_empty() { 0 } else { v * 4 * d };
+        if self.eval_input_table.len() != table_len {
             // Fresh zero pages from the allocator, first touched by the product's own threads
             // (filling 104 MB on one thread first cost `book` 0.24 s in page faults).
-            self.eval_input_table = vec![0.0; v * 4 * d];
+            self.eval_input_table = vec![0.0; table_len];
         }
-        self.gemm.gemm(1.0, emb, Mat::new(wx0, d, 4 * d), 0.0, &mut self.eval_input_table);
+        if table_len > 0 {
+            let wx0 = self.layout.lstm_weights(params, 0).wx;
+            self.gemm.gemm(1.0, emb, Mat::new(wx0, d, 4 * d), 0.0, &mut self.eval_input_table);
+        }
         // The other LSTM weights too (`book`: 27 MB packed per batch otherwise).
         let weights: Vec<Mat<'_>> = (0..self.layers.len())
             .flat_map(|l| {
@@ -680,7 +683,7 @@ impl Workspace {
                 params,
                 &ids[chunk_rows(c)],
                 chunk_rows(c),
-                Some(table),
+                (!table.is_empty()).then_some(table),
             )
         };
         let (first, mut pending) = h_top.split_at_mut(chunk_rows(0).len() * d);
