@@ -109,23 +109,34 @@ pub fn check_gemm_shapes(a: &Mat<'_>, b: &Mat<'_>, c_len: usize) {
 
 impl Gemm for NaiveGemm {
     fn gemm(&self, alpha: f32, a: Mat<'_>, b: Mat<'_>, beta: f32, c: &mut [f32]) {
-        check_gemm_shapes(&a, &b, c.len());
-        let (m, n, k) = (a.rows(), b.cols(), a.cols());
-        for i in 0..m {
-            let row = &mut c[i * n..(i + 1) * n];
-            if beta == 0.0 {
-                row.fill(0.0);
-            } else if beta != 1.0 {
-                row.iter_mut().for_each(|v| *v *= beta);
+        naive_gemm_columns(alpha, a, b, 0..b.cols(), beta, c);
+    }
+}
+
+/// [`NaiveGemm`] restricted to columns `cols` of `b` (inside it): `c` is `a.rows() × cols.len()`,
+/// each element computed exactly as in the whole product.
+///
+/// # Panics
+/// If the inner dimensions differ, `c` has another length or `cols` reaches past `b`.
+pub fn naive_gemm_columns(alpha: f32, a: Mat<'_>, b: Mat<'_>, cols: core::ops::Range<usize>, beta: f32, c: &mut [f32]) {
+    assert_eq!(a.cols(), b.rows(), "gemm: inner dimensions differ");
+    assert_eq!(c.len(), a.rows() * cols.len(), "gemm: output has the wrong length");
+    assert!(cols.end <= b.cols(), "gemm: columns outside the operand");
+    let (m, n, k) = (a.rows(), cols.len(), a.cols());
+    for i in 0..m {
+        let row = &mut c[i * n..(i + 1) * n];
+        if beta == 0.0 {
+            row.fill(0.0);
+        } else if beta != 1.0 {
+            row.iter_mut().for_each(|v| *v *= beta);
+        }
+        for p in 0..k {
+            let aip = alpha * a.at(i, p);
+            if aip == 0.0 {
+                continue;
             }
-            for p in 0..k {
-                let aip = alpha * a.at(i, p);
-                if aip == 0.0 {
-                    continue;
-                }
-                for (j, out) in row.iter_mut().enumerate() {
-                    *out += aip * b.at(p, j);
-                }
+            for (j, out) in row.iter_mut().enumerate() {
+                *out += aip * b.at(p, cols.start + j);
             }
         }
     }

@@ -177,13 +177,7 @@ impl FastGemm {
         let (m, w) = (a.rows(), cols.len());
         if m <= SMALL_DIM || w <= SMALL_DIM || a.cols() <= SMALL_DIM {
             // nalgebra's small-matrix loop mis-indexes strided views (see `SMALL_DIM`).
-            for (i, row) in c.chunks_exact_mut(w).enumerate() {
-                for (j, out) in row.iter_mut().enumerate() {
-                    let dot: f32 = (0..a.cols()).map(|p| a.at(i, p) * b.at(p, cols.start + j)).sum();
-                    *out = alpha * dot + if beta == 0.0 { 0.0 } else { beta * *out };
-                }
-            }
-            return;
+            return lstm_core::gemm::naive_gemm_columns(alpha, a, b, cols, beta, c);
         }
         if beta == 0.0 {
             c.fill(0.0);
