@@ -17,7 +17,7 @@ pub fn softmax_in_place(row: &mut [f32]) {
 }
 
 /// The first target outside the vocabulary, as an error.
-fn check_targets(targets: &[u32], vocab: usize) -> Result<(), Error> {
+pub fn check_targets(targets: &[u32], vocab: usize) -> Result<(), Error> {
     match targets.iter().find(|&&t| t as usize >= vocab) {
         Some(&bad) => Err(Error::TokenOutOfRange { id: bad, vocab }),
         None => Ok(()),

@@ -14,7 +14,7 @@
 use crate::gemm::{FastGemm, PreparedB, PreparedOperands};
 use lstm_core::dropout::Dropout;
 use lstm_core::embedding::{embedding_backward, embedding_forward};
-use lstm_core::softmax::{PartialLogSumExp, cross_entropy_sum_biased, softmax_cross_entropy_biased};
+use lstm_core::softmax::{PartialLogSumExp, check_targets, cross_entropy_sum_biased, softmax_cross_entropy_biased};
 use lstm_core::{Gemm, Lstm, LstmGrads, LstmWeights, Mat, Rng};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -207,8 +207,8 @@ fn score_by_pieces(
     sums: &mut [Result<f64, lstm_core::Error>],
 ) {
     let (rows, v) = (targets.len(), emb.rows());
-    if let Some(&id) = targets.iter().find(|&&t| t as usize >= v) {
-        sums.fill(Err(lstm_core::Error::TokenOutOfRange { id, vocab: v }));
+    if let Err(e) = check_targets(targets, v) {
+        sums.fill(Err(e));
         return;
     }
     pieces.clear();
