@@ -133,35 +133,53 @@ pub fn max_of_sums(a: &[f32], b: &[f32]) -> f32 {
 /// [`exp_shifted_sum`], without storing anything.
 #[inline]
 pub fn exp_sum_of_sums(a: &[f32], b: &[f32], shift: f32) -> f32 {
+    exp_sum_of_sums_with(a, b, shift, exp)
+}
+
+/// [`exp_sum_of_sums`] with another `exp` (a host's faster one; see the trainer's
+/// `fast_exp`): the same passes and summation order.
+#[inline]
+pub fn exp_sum_of_sums_with(a: &[f32], b: &[f32], shift: f32, e: impl Fn(f32) -> f32) -> f32 {
     let n = a.len().min(b.len());
     let ((ca, ta), (cb, tb)) = (a[..n].as_chunks::<LANES>(), b[..n].as_chunks::<LANES>());
     let mut lanes = [0.0f32; LANES];
     for (x, y) in ca.iter().zip(cb) {
         for ((l, p), q) in lanes.iter_mut().zip(x).zip(y) {
-            *l += exp(p + q - shift);
+            *l += e(p + q - shift);
         }
     }
-    ta.iter().zip(tb).fold(fold_lanes(&lanes), |total, (p, q)| total + exp(p + q - shift))
+    ta.iter().zip(tb).fold(fold_lanes(&lanes), |total, (p, q)| total + e(p + q - shift))
 }
 
-/// `values[i] += offsets[i]` (over the common length), returning the largest result, in one pass.
+/// `values[i] ← exp(values[i] + offsets[i] − shift)` (over the common length) and their sum,
+/// in one pass with the given `exp`: the values and sum [`exp_shifted_sum`] gives on
+/// the sums, without a pass that stores the sums first.
 #[inline]
-pub fn add_max(values: &mut [f32], offsets: &[f32]) -> f32 {
+pub fn exp_of_sums_shifted_sum_with(values: &mut [f32], offsets: &[f32], shift: f32, e: impl Fn(f32) -> f32) -> f32 {
     let n = values.len().min(offsets.len());
     let ((cv, tv), (co, to)) = (values[..n].as_chunks_mut::<LANES>(), offsets[..n].as_chunks::<LANES>());
-    let mut lanes = [f32::NEG_INFINITY; LANES];
+    let mut lanes = [0.0f32; LANES];
     for (c, o) in cv.iter_mut().zip(co) {
         for ((l, v), b) in lanes.iter_mut().zip(c).zip(o) {
-            *v += b;
-            *l = larger(*l, *v);
+            *v = e(*v + b - shift);
+            *l += *v;
         }
     }
-    let mut best = lanes.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut total = fold_lanes(&lanes);
     for (v, b) in tv.iter_mut().zip(to) {
-        *v += b;
-        best = best.max(*v);
+        *v = e(*v + b - shift);
+        total += *v;
     }
-    best
+    total
+}
+
+/// `values[i] ← values[i]·k` and `totals[i] += values[i]` (over the common length), in one pass.
+#[inline]
+pub fn scale_and_accumulate(values: &mut [f32], k: f32, totals: &mut [f32]) {
+    for (v, t) in values.iter_mut().zip(totals) {
+        *v *= k;
+        *t += *v;
+    }
 }
 
 /// Largest value (−∞ for an empty slice); vectorises like [`sum`].
@@ -242,11 +260,9 @@ mod tests {
         for len in [0usize, 5, 16, 37, 1000] {
             let v: std::vec::Vec<f32> = (0..len).map(|i| ((i * 53 % 97) as f32 - 48.0) * 0.1).collect();
             let b: std::vec::Vec<f32> = (0..len).map(|i| (i % 5) as f32 * 0.2).collect();
-            let mut fused = v.clone();
-            let m = add_max(&mut fused, &b);
             let biased: std::vec::Vec<f32> = v.iter().zip(&b).map(|(x, y)| x + y).collect();
-            assert_eq!(fused, biased);
-            assert_eq!(m, max(&biased));
+            let mut fused = biased.clone();
+            let m = max(&biased);
             assert_eq!(m, max_of_sums(&v, &b));
             let lazy = exp_sum_of_sums(&v, &b, m);
             let s = exp_shifted_sum(&mut fused, m);
@@ -255,6 +271,15 @@ mod tests {
             assert_eq!(s, sum(&want));
             assert_eq!(s, lazy);
             assert_eq!(exp_sum(&biased, m), s);
+            let mut one_pass = v.clone();
+            assert_eq!(exp_of_sums_shifted_sum_with(&mut one_pass, &b, m, exp), s);
+            assert_eq!(one_pass, want);
+            let (mut scaled, mut totals) = (want.clone(), b.clone());
+            scale_and_accumulate(&mut scaled, 0.5, &mut totals);
+            for i in 0..len {
+                assert_eq!(scaled[i], want[i] * 0.5);
+                assert_eq!(totals[i], b[i] + want[i] * 0.5);
+            }
         }
     }
 }

@@ -3,7 +3,10 @@
 //! Each row is three vectorisable passes: the maximum, `exp(z − max)` in place with its
 //! fixed-order sum ([`crate::exp`]), then the normalisation.
 
-use crate::exp::{add_max, exp_shifted_sum, exp_sum, exp_sum_of_sums, max as row_max, max_of_sums};
+use crate::exp::{
+    exp, exp_of_sums_shifted_sum_with, exp_shifted_sum, exp_sum, exp_sum_of_sums_with, max as row_max, max_of_sums,
+    scale_and_accumulate,
+};
 
 use crate::{Error, check_len};
 
@@ -91,9 +94,9 @@ fn softmax_cross_entropy_row_from(row: &mut [f32], max: f32, t: usize, scale: f3
 }
 
 /// [`softmax_cross_entropy_scaled`] for an affine output whose bias has not been added yet:
-/// each row of `scores` (`x·W`) gets `bias` added in the same pass that finds its maximum, and
-/// the bias gradient (the sum of the rows of `d loss / d logits`) is added into `d_bias` while
-/// the row is still in cache. Saves two passes over the `M × V` matrix.
+/// each row of `scores` (`x·W`) gets `bias` added on the fly, and the bias gradient (the sum of
+/// the rows of `d loss / d logits`) is added into `d_bias` in the pass that scales the row.
+/// Three passes over a row (its maximum, `exp` with the sum, the gradient) instead of five.
 pub fn softmax_cross_entropy_biased(
     scores: &mut [f32],
     bias: &[f32],
@@ -101,21 +104,57 @@ pub fn softmax_cross_entropy_biased(
     scale: f32,
     d_bias: &mut [f32],
 ) -> Result<f64, Error> {
+    softmax_cross_entropy_biased_with(scores, bias, targets, scale, d_bias, exp)
+}
+
+/// [`softmax_cross_entropy_biased`] with another `exp` (a host's faster one, see the trainer's
+/// `fast_exp`); with [`exp`] itself the two are the same function.
+pub fn softmax_cross_entropy_biased_with(
+    scores: &mut [f32],
+    bias: &[f32],
+    targets: &[u32],
+    scale: f32,
+    d_bias: &mut [f32],
+    e: impl Fn(f32) -> f32 + Copy,
+) -> Result<f64, Error> {
     let vocab = bias.len();
     check_len("logits", scores.len(), targets.len() * vocab)?;
     check_len("bias gradient", d_bias.len(), vocab)?;
     check_targets(targets, vocab)?;
     let mut total = 0.0f64;
     for (row, &t) in scores.chunks_exact_mut(vocab.max(1)).zip(targets) {
-        let max = add_max(row, bias);
-        total += f64::from(softmax_cross_entropy_row_from(row, max, t as usize, scale));
-        d_bias.iter_mut().zip(row.iter()).for_each(|(d, g)| *d += g);
+        let t = t as usize;
+        let max = max_of_sums(row, bias);
+        let target_shifted = (row[t] + bias[t]) - max;
+        let sum = exp_of_sums_shifted_sum_with(row, bias, max, e);
+        let k = scale / sum;
+        // Around the target, whose gradient also loses `scale` before it joins `d_bias`.
+        let (before, from_target) = row.split_at_mut(t);
+        let (d_before, d_from_target) = d_bias.split_at_mut(t);
+        scale_and_accumulate(before, k, d_before);
+        if let (Some((g, after)), Some((d, d_after))) = (from_target.split_first_mut(), d_from_target.split_first_mut())
+        {
+            *g = *g * k - scale;
+            *d += *g;
+            scale_and_accumulate(after, k, d_after);
+        }
+        total += f64::from(libm::logf(sum) - target_shifted);
     }
     Ok(total)
 }
 
 /// [`cross_entropy_sum`] for scores without their bias (added on the fly, `scores` unchanged).
 pub fn cross_entropy_sum_biased(scores: &[f32], bias: &[f32], targets: &[u32]) -> Result<f64, Error> {
+    cross_entropy_sum_biased_with(scores, bias, targets, exp)
+}
+
+/// [`cross_entropy_sum_biased`] with another `exp` (see [`softmax_cross_entropy_biased_with`]).
+pub fn cross_entropy_sum_biased_with(
+    scores: &[f32],
+    bias: &[f32],
+    targets: &[u32],
+    e: impl Fn(f32) -> f32 + Copy,
+) -> Result<f64, Error> {
     let vocab = bias.len();
     check_len("logits", scores.len(), targets.len() * vocab)?;
     check_targets(targets, vocab)?;
@@ -124,7 +163,7 @@ pub fn cross_entropy_sum_biased(scores: &[f32], bias: &[f32], targets: &[u32]) -
         let t_us = t as usize;
         // Max of the biased row, then Σ exp, neither storing anything.
         let max = max_of_sums(row, bias);
-        let sum = exp_sum_of_sums(row, bias, max);
+        let sum = exp_sum_of_sums_with(row, bias, max, e);
         total += f64::from(max + libm::logf(sum) - (row[t_us] + bias[t_us]));
     }
     Ok(total)
@@ -150,13 +189,19 @@ impl PartialLogSumExp {
     /// The piece `scores[i] + bias[i]` of a row (over the common length), without storing the
     /// sums. A NaN entry makes the piece, and whatever it merges into, NaN.
     pub fn of_biased(scores: &[f32], bias: &[f32]) -> PartialLogSumExp {
+        PartialLogSumExp::of_biased_with(scores, bias, exp)
+    }
+
+    /// [`PartialLogSumExp::of_biased`] with another `exp` (see
+    /// [`softmax_cross_entropy_biased_with`]).
+    pub fn of_biased_with(scores: &[f32], bias: &[f32], e: impl Fn(f32) -> f32) -> PartialLogSumExp {
         let max = max_of_sums(scores, bias);
         if max == f32::NEG_INFINITY {
             // Empty, all −∞, or all NaN (the maximum skips NaN).
             let nan = scores.iter().zip(bias).any(|(s, b)| (s + b).is_nan());
             return if nan { PartialLogSumExp { max: f32::NAN, sum: f32::NAN } } else { PartialLogSumExp::EMPTY };
         }
-        PartialLogSumExp { max, sum: exp_sum_of_sums(scores, bias, max) }
+        PartialLogSumExp { max, sum: exp_sum_of_sums_with(scores, bias, max, e) }
     }
 
     /// Both pieces together: the sums rescaled to the larger maximum (so nothing overflows).

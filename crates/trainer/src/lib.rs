@@ -2,13 +2,15 @@
 //!
 //! Owns what needs `std`: data loading ([`data`]), presets ([`config`]), the fast threaded GEMM
 //! ([`gemm`]), the model's buffers and call order ([`model`]), checkpoints ([`checkpoint`]), the
-//! training loop ([`training`]) and its parameter update ([`update`]). The mathematics itself
+//! training loop ([`training`]), its parameter update ([`update`]) and the softmax's `exp` with
+//! fused multiply-adds ([`fast_exp`]). The mathematics itself
 //! is `lstm-core`'s.
 
 pub mod checkpoint;
 pub mod config;
 pub mod data;
 pub mod export;
+pub mod fast_exp;
 pub mod gemm;
 pub mod grad_demo;
 pub mod model;

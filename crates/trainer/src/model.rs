@@ -11,10 +11,13 @@
 //! result. An evaluation reads its first layer's input projection from a table of `E·Wx` made
 //! once, and a wide model's scores a vocabulary piece at a time ([`EVAL_PIECE_WORDS`]).
 
+use crate::fast_exp;
 use crate::gemm::{FastGemm, PreparedB, PreparedOperands};
 use lstm_core::dropout::Dropout;
 use lstm_core::embedding::{embedding_backward, embedding_forward};
-use lstm_core::softmax::{PartialLogSumExp, check_targets, cross_entropy_sum_biased, softmax_cross_entropy_biased};
+use lstm_core::softmax::{
+    PartialLogSumExp, check_targets, cross_entropy_sum_biased_with, softmax_cross_entropy_biased_with,
+};
 use lstm_core::{Gemm, Lstm, LstmGrads, LstmWeights, Mat, Rng};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -223,7 +226,10 @@ fn score_by_pieces(
             let bias = &bias[words.clone()];
             for ((scores, slot), &t) in hot.chunks_exact(words.len()).zip(piece).zip(targets) {
                 let target = (t as usize).checked_sub(words.start).filter(|&j| j < words.len());
-                *slot = (PartialLogSumExp::of_biased(scores, bias), target.map_or(0.0, |j| scores[j] + bias[j]));
+                *slot = (
+                    PartialLogSumExp::of_biased_with(scores, bias, fast_exp::exp),
+                    target.map_or(0.0, |j| scores[j] + bias[j]),
+                );
             }
         });
     });
@@ -477,8 +483,8 @@ impl Workspace {
         )
     }
 
-    /// Forward to all output scores `h·Eᵀ`, **without** the output bias: the softmax adds it in
-    /// the same pass over each row (see `lstm_core::softmax::softmax_cross_entropy_biased`).
+    /// Forward to all output scores `h·Eᵀ`, **without** the output bias: the softmax adds it on
+    /// the fly (see `lstm_core::softmax::softmax_cross_entropy_biased`).
     fn forward(
         &mut self,
         params: &[f32],
@@ -537,9 +543,10 @@ impl Workspace {
         let rows = targets.len();
         let scale = 1.0 / rows as f32;
         let bias = &params[self.layout.out_bias.clone()];
-        // Each block of rows: scores, softmax cross-entropy and its gradient dY in place, then
-        // dh = dY·E, all on one thread while the block is in cache. Each block accumulates its
-        // own bias gradient; they are summed in block order, so nothing depends on scheduling.
+        // Each block of rows: scores, softmax cross-entropy and its gradient dY in place (three
+        // passes over a row, `exp` with fused multiply-adds: same-process A/B `embedded` +3%,
+        // `small` +1.5%), then dh = dY·E, all on one thread while the block is in cache. Each
+        // block accumulates its own bias gradient; they are summed in block order, so nothing depends on scheduling.
         let block_rows = output_block_rows(d, rows);
         let blocks = rows.div_ceil(block_rows);
         self.bias_partials.resize(blocks * v, 0.0);
@@ -556,7 +563,7 @@ impl Workspace {
             .map(|((((block, t), db), h), dh)| {
                 let n = t.len();
                 gemm.gemm_prepared(1.0, Mat::new(h, n, d), emb.t(), tied_t, 0.0, block);
-                let loss = softmax_cross_entropy_biased(block, bias, t, scale, db)?;
+                let loss = softmax_cross_entropy_biased_with(block, bias, t, scale, db, fast_exp::exp)?;
                 gemm.gemm_prepared(1.0, Mat::new(block, n, v), emb, tied, 0.0, dh);
                 Ok(loss)
             })
@@ -711,7 +718,7 @@ impl Workspace {
                         *sum = SCRATCH.with_borrow_mut(|hot| {
                             hot.resize(t.len() * v, 0.0);
                             gemm.gemm_prepared(1.0, Mat::new(h, t.len(), d), emb.t(), tied_t, 0.0, hot);
-                            cross_entropy_sum_biased(hot, bias, t)
+                            cross_entropy_sum_biased_with(hot, bias, t, fast_exp::exp)
                         });
                     });
             };
@@ -741,7 +748,7 @@ impl Workspace {
     ) -> Result<f64, lstm_core::Error> {
         self.forward(params, ids, dropout, rng, true)?;
         let bias = &params[self.layout.out_bias.clone()];
-        Ok(cross_entropy_sum_biased(&self.logits, bias, targets)? / targets.len() as f64)
+        Ok(cross_entropy_sum_biased_with(&self.logits, bias, targets, fast_exp::exp)? / targets.len() as f64)
     }
 
     /// Forward only, leaving logits (for prediction and generation with the f32 model).
