@@ -540,7 +540,8 @@ mod tests {
     fn matches_the_reference_for_every_transposition_and_split() {
         let mut rng = Rng::new(9);
         // Shapes straddling every tile and block edge of the packed backend (MR 10, NR 32,
-        // k-blocks 128 and 256, MC 300, NC 2048) as well as the tiny ones.
+        // k-blocks 128 and 256, MC 300, NC 2048, groups of 16 `B` panels at 256 steps: 650
+        // columns are two groups) as well as the tiny ones.
         let shapes = [
             (1, 1, 1),
             (3, 5, 7),

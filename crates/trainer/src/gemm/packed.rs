@@ -1,8 +1,8 @@
 //! Cache-blocked GEMM around the AVX-512 micro-kernel (the BLIS loop structure).
 //!
-//! `B` is packed `KC × NC` at a time into column panels of `NR` (kept in L2/L3, each panel hot
-//! in L1 while it meets every row panel), `A` `MC × KC` at a time into row panels of `MR`
-//! (kept in L2). An operand stored row-major along the direction the kernel walks is read in
+//! `B` is packed `KC × NC` at a time into column panels of `NR` (kept in L3, a group of them
+//! in L2 at a time), `A` `MC × KC` at a time into row panels of `MR` (kept in L2, one hot in L1
+//! while it meets the group's panels; see [`B_GROUP_BYTES`]). An operand stored row-major along the direction the kernel walks is read in
 //! place instead (its full panels; only a partial last panel is packed): packing the 700 ×
 //! 10,000 softmax gradient, say, would cost as much memory traffic as the product itself.
 //! Partial panels are zero-padded; partial tiles of `C` go through a local tile
@@ -14,14 +14,26 @@ use super::avx512::{APanel, Avx512, BPanel, MR, NR};
 use std::cell::RefCell;
 use std::ops::Range;
 
-/// Default steps of `k` per packed block (B panel 16 KiB + A panel 5 KiB, well inside the
-/// 48 KiB L1d); callers choose per product (`FastGemm::with_k_block`).
+/// Default steps of `k` per packed block (an `A` panel of 5 KiB in L1, a `B` panel of 16 KiB);
+/// callers choose per product (`FastGemm::with_k_block`).
 pub const KC: usize = 128;
 /// Rows of `A` per packed block (a multiple of `MR`; ~300 KiB, well inside L2).
 const MC: usize = 300;
 /// Columns of `B` per packed block (a multiple of `NR`; k-block × NC floats: 1 MiB at 128 steps,
 /// 2 MiB at 256).
 const NC: usize = 2048;
+
+/// Packed panels of `B` per group: each row panel of `A` (`MR × kb`, 10 KiB at 256 steps)
+/// stays in L1 while it meets a group of `B`'s column panels (this many bytes of them, brought
+/// into L2 by the group's first row panel), which stream from L2 ahead of the kernel's
+/// prefetch. The BLIS order the other way round (one `B` panel, 32 KiB at 256 steps, held in
+/// the 48 KiB L1 against every row panel) kept losing the panel's lines to the streamed `A`:
+/// prefetching `B` only for the first row panel measured −8% (`small`) and −16% (`book`).
+/// Same-process A/B against that order: single-thread products +5–29% (`book`'s scores and
+/// `x·Wx` +12–14%, 2048³ +25%), training `small` +6–15%, `book` +4–28% (medians of noisy
+/// minutes), `embedded` +4–5%, evaluation `book` +8%, `small` +3%; 256 KiB and 768 KiB within
+/// the noise of 512, 1 MiB worse for `book`. Same bits: only the order of the tiles changes.
+const B_GROUP_BYTES: usize = 512 * 1024;
 
 /// A row-major `A` whose panels each meet at most this many panels of `B` is read in place
 /// (`n ≤ 768`): packing costs a pass over `A` that only pays back when each panel meets many
@@ -274,19 +286,23 @@ fn macro_kernel(
     c: &mut [f32],
     ldc: usize,
 ) {
-    for qb in 0..cols.len().div_ceil(NR) {
-        let j0 = cols.start + qb * NR;
-        let nr = NR.min(cols.end - j0);
-        let bpanel = b.panel(qb, j0, kb, nr);
+    let panels = cols.len().div_ceil(NR);
+    let group = (B_GROUP_BYTES / (kb * NR * size_of::<f32>())).max(1);
+    for first in (0..panels).step_by(group) {
         for qa in 0..rows.len().div_ceil(MR) {
             let i0 = rows.start + qa * MR;
             let mr = MR.min(rows.end - i0);
             let apanel = a.panel(qa, i0, kb, mr);
-            let at = i0 * ldc + j0;
-            if mr == MR && nr == NR {
-                kernel.tile(kb, alpha, apanel, bpanel, beta, &mut c[at..], ldc);
-            } else {
-                edge_tile(kernel, kb, alpha, apanel, bpanel, beta, &mut c[at..], ldc, mr, nr);
+            for qb in first..panels.min(first + group) {
+                let j0 = cols.start + qb * NR;
+                let nr = NR.min(cols.end - j0);
+                let bpanel = b.panel(qb, j0, kb, nr);
+                let at = i0 * ldc + j0;
+                if mr == MR && nr == NR {
+                    kernel.tile(kb, alpha, apanel, bpanel, beta, &mut c[at..], ldc);
+                } else {
+                    edge_tile(kernel, kb, alpha, apanel, bpanel, beta, &mut c[at..], ldc, mr, nr);
+                }
             }
         }
     }
