@@ -152,8 +152,8 @@ pub fn exp_sum_of_sums_with(a: &[f32], b: &[f32], shift: f32, e: impl Fn(f32) ->
 }
 
 /// `values[i] ← exp(values[i] + offsets[i] − shift)` (over the common length) and their sum,
-/// in one pass with the given `exp`: the values and sum [`exp_shifted_sum`] gives on
-/// the sums, without a pass that stores the sums first.
+/// in one pass with the given `exp`: what [`exp_shifted_sum`] gives on the biased values
+/// `values[i] + offsets[i]`, without a pass that stores them first.
 #[inline]
 pub fn exp_of_sums_shifted_sum_with(values: &mut [f32], offsets: &[f32], shift: f32, e: impl Fn(f32) -> f32) -> f32 {
     let n = values.len().min(offsets.len());

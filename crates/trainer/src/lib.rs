@@ -3,8 +3,7 @@
 //! Owns what needs `std`: data loading ([`data`]), presets ([`config`]), the fast threaded GEMM
 //! ([`gemm`]), the model's buffers and call order ([`model`]), checkpoints ([`checkpoint`]), the
 //! training loop ([`training`]), its parameter update ([`update`]) and the softmax's `exp` with
-//! fused multiply-adds ([`fast_exp`]). The mathematics itself
-//! is `lstm-core`'s.
+//! fused multiply-adds ([`fast_exp`]). The mathematics itself is `lstm-core`'s.
 
 pub mod checkpoint;
 pub mod config;

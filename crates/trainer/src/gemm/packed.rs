@@ -2,13 +2,13 @@
 //!
 //! `B` is packed `KC × NC` at a time into column panels of `NR` (kept in L3, a group of them
 //! in L2 at a time), `A` `MC × KC` at a time into row panels of `MR` (kept in L2, one hot in L1
-//! while it meets the group's panels; see [`B_GROUP_BYTES`]). An operand stored row-major along the direction the kernel walks is read in
-//! place instead (its full panels; only a partial last panel is packed): packing the 700 ×
-//! 10,000 softmax gradient, say, would cost as much memory traffic as the product itself.
-//! Partial panels are zero-padded; partial tiles of `C` go through a local tile
-//! and are finished with the kernel's own epilogue, so an element gets the same bits whether it
-//! sits in a full or a partial tile, which makes the result independent of how rows are split
-//! between threads.
+//! while it meets the group's panels; see `B_GROUP_BYTES`). An operand stored row-major along
+//! the direction the kernel walks is read in place instead (its full panels; only a partial
+//! last panel is packed): packing the 700 × 10,000 softmax gradient, say, would cost as much
+//! memory traffic as the product itself. Partial panels are zero-padded; partial tiles of `C`
+//! go through a local tile and are finished with the kernel's own epilogue, so an element gets
+//! the same bits whether it sits in a full or a partial tile, which makes the result
+//! independent of how rows are split between threads.
 
 use super::avx512::{APanel, Avx512, BPanel, MR, NR};
 use std::cell::RefCell;
