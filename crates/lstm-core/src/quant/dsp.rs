@@ -167,17 +167,23 @@ macro_rules! rows_limit {
 }
 
 /// The same when the limit is the maximum (top-1, log-probabilities): one `SUBS` both tests
-/// and forms `max − y`, and r4 holds the one for `UMLAL`.
+/// and forms `max − y`, and r4 holds the one for `UMLAL`. The test is the signed `BLT` (N ≠ V),
+/// not the sign of the difference (`BMI`): before the first logit the maximum is `i32::MIN`,
+/// and `i32::MIN − y` overflows to a positive number for every positive `y`, which `BMI` took
+/// for `y ≤ max`: every positive logit before the first negative one was summed as a term and
+/// never compared, so a most probable word among them was missed (a toy model whose most
+/// probable word after `<eos>` was word 0 made the firmware's greedy continuation differ from
+/// the host's, which the QEMU test caught).
 macro_rules! rows_max {
     () => {
         concat!(
             "subs {raw}, r1, r8\n",
-            "bmi 3f\n",
+            "blt 3f\n",
             "usat {raw}, #13, {raw}\n",
             "ldr {raw}, [r5, {raw}, lsl #2]\n",
             "umlal r2, r3, {raw}, r4\n",
             "subs {raw}, r1, r9\n",
-            "bmi 4f\n",
+            "blt 4f\n",
             "usat {raw}, #13, {raw}\n",
             "ldr {raw}, [r5, {raw}, lsl #2]\n",
             "umlal r2, r3, {raw}, r4\n",
