@@ -1,11 +1,15 @@
-//! `exp` with fused multiply-adds, for the host's softmax.
+//! `exp` with fused multiply-adds, for the host's evaluation softmax.
 //!
 //! `lstm_core::exp::exp` keeps every multiply and add separate so that x86 and Cortex-M compute
-//! the same bits; the host's softmax needs no such promise (the firmware never sees its values),
+//! the same bits; an evaluation's losses need no such promise (the firmware never sees them),
 //! and with fused multiply-adds the same range reduction and polynomial
 //! (`lstm_core::exp::exp_by`) take 20 vector operations instead of 30. Where the compiler may
 //! not use FMA instructions (a build without `target-cpu=native` on x86, say) this is
-//! `lstm_core::exp::exp` itself: `f32::mul_add` without them is a library call.
+//! `lstm_core::exp::exp` itself: `f32::mul_add` without them is a library call. Evaluation
+//! +7–10% (same-process A/B: `book`, `small`, `embedded`). Training keeps the reference: with
+//! this `exp` a 10-epoch `embedded` run took another trajectory (validation perplexity 149.41
+//! against 148.39) for 0.8% more speed, while with the reference this release trains the
+//! previous release's bits.
 
 /// e^x with a relative error below 3e−7 over [−87.33, 88] (as `lstm_core::exp::exp`); exactly
 /// 0 below, about 1.65e38 above; NaN stays NaN.

@@ -2,8 +2,8 @@
 //!
 //! Owns what needs `std`: data loading ([`data`]), presets ([`config`]), the fast threaded GEMM
 //! ([`gemm`]), the model's buffers and call order ([`model`]), checkpoints ([`checkpoint`]), the
-//! training loop ([`training`]), its parameter update ([`update`]) and the softmax's `exp` with
-//! fused multiply-adds ([`fast_exp`]). The mathematics itself is `lstm-core`'s.
+//! training loop ([`training`]), its parameter update ([`update`]) and the evaluation softmax's
+//! `exp` with fused multiply-adds ([`fast_exp`]). The mathematics itself is `lstm-core`'s.
 
 pub mod checkpoint;
 pub mod config;

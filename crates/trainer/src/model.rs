@@ -9,14 +9,16 @@
 //! (`rayon::scope`, `rayon::join`), and an evaluation of a model whose step products are too
 //! small to split scores one time chunk while the layers run the next; none of it changes a
 //! result. An evaluation reads its first layer's input projection from a table of `E·Wx` made
-//! once, and a wide model's scores a vocabulary piece at a time ([`EVAL_PIECE_WORDS`]).
+//! once, and a wide model's scores a vocabulary piece at a time ([`EVAL_PIECE_WORDS`]), its
+//! softmax with [`fast_exp`] (training keeps the reference `exp`, see `train_step`).
 
 use crate::fast_exp;
 use crate::gemm::{FastGemm, PreparedB, PreparedOperands};
 use lstm_core::dropout::Dropout;
 use lstm_core::embedding::{embedding_backward, embedding_forward};
 use lstm_core::softmax::{
-    PartialLogSumExp, check_targets, cross_entropy_sum_biased_with, softmax_cross_entropy_biased_with,
+    PartialLogSumExp, check_targets, cross_entropy_sum_biased, cross_entropy_sum_biased_with,
+    softmax_cross_entropy_biased,
 };
 use lstm_core::{Gemm, Lstm, LstmGrads, LstmWeights, Mat, Rng};
 use rayon::prelude::*;
@@ -544,9 +546,11 @@ impl Workspace {
         let scale = 1.0 / rows as f32;
         let bias = &params[self.layout.out_bias.clone()];
         // Each block of rows: scores, softmax cross-entropy and its gradient dY in place (three
-        // passes over a row, `exp` with fused multiply-adds: same-process A/B `embedded` +3%,
-        // `small` +1.5%), then dh = dY·E, all on one thread while the block is in cache. Each
-        // block accumulates its own bias gradient; they are summed in block order, so nothing depends on scheduling.
+        // passes over a row: same-process A/B `embedded` +2.2%; the reference `exp`, so training
+        // computes the previous release's bits: `fast_exp` here moved a 10-epoch `embedded` run
+        // from validation perplexity 148.39 to 149.41 and saved only another 0.8%), then
+        // dh = dY·E, all on one thread while the block is in cache. Each block accumulates its
+        // own bias gradient; they are summed in block order, so nothing depends on scheduling.
         let block_rows = output_block_rows(d, rows);
         let blocks = rows.div_ceil(block_rows);
         self.bias_partials.resize(blocks * v, 0.0);
@@ -563,7 +567,7 @@ impl Workspace {
             .map(|((((block, t), db), h), dh)| {
                 let n = t.len();
                 gemm.gemm_prepared(1.0, Mat::new(h, n, d), emb.t(), tied_t, 0.0, block);
-                let loss = softmax_cross_entropy_biased_with(block, bias, t, scale, db, fast_exp::exp)?;
+                let loss = softmax_cross_entropy_biased(block, bias, t, scale, db)?;
                 gemm.gemm_prepared(1.0, Mat::new(block, n, v), emb, tied, 0.0, dh);
                 Ok(loss)
             })
@@ -748,7 +752,7 @@ impl Workspace {
     ) -> Result<f64, lstm_core::Error> {
         self.forward(params, ids, dropout, rng, true)?;
         let bias = &params[self.layout.out_bias.clone()];
-        Ok(cross_entropy_sum_biased_with(&self.logits, bias, targets, fast_exp::exp)? / targets.len() as f64)
+        Ok(cross_entropy_sum_biased(&self.logits, bias, targets)? / targets.len() as f64)
     }
 
     /// Forward only, leaving logits (for prediction and generation with the f32 model).
