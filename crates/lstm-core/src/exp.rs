@@ -160,22 +160,22 @@ pub fn exp_sum_of_sums_with(a: &[f32], b: &[f32], shift: f32, e: impl Fn(f32) ->
 }
 
 /// `values[i] ← exp(values[i] + offsets[i] − shift)` (over the common length) and their sum,
-/// in one pass with the given `exp`: what [`exp_shifted_sum`] gives on the biased values
+/// in one pass: what [`exp_shifted_sum`] gives on the biased values
 /// `values[i] + offsets[i]`, without a pass that stores them first.
 #[inline]
-pub fn exp_of_sums_shifted_sum_with(values: &mut [f32], offsets: &[f32], shift: f32, e: impl Fn(f32) -> f32) -> f32 {
+pub fn exp_of_sums_shifted_sum(values: &mut [f32], offsets: &[f32], shift: f32) -> f32 {
     let n = values.len().min(offsets.len());
     let ((cv, tv), (co, to)) = (values[..n].as_chunks_mut::<LANES>(), offsets[..n].as_chunks::<LANES>());
     let mut lanes = [0.0f32; LANES];
     for (c, o) in cv.iter_mut().zip(co) {
         for ((l, v), b) in lanes.iter_mut().zip(c).zip(o) {
-            *v = e(*v + b - shift);
+            *v = exp(*v + b - shift);
             *l += *v;
         }
     }
     let mut total = fold_lanes(&lanes);
     for (v, b) in tv.iter_mut().zip(to) {
-        *v = e(*v + b - shift);
+        *v = exp(*v + b - shift);
         total += *v;
     }
     total
@@ -280,7 +280,7 @@ mod tests {
             assert_eq!(s, lazy);
             assert_eq!(exp_sum(&biased, m), s);
             let mut one_pass = v.clone();
-            assert_eq!(exp_of_sums_shifted_sum_with(&mut one_pass, &b, m, exp), s);
+            assert_eq!(exp_of_sums_shifted_sum(&mut one_pass, &b, m), s);
             assert_eq!(one_pass, want);
             let (mut scaled, mut totals) = (want.clone(), b.clone());
             scale_and_accumulate(&mut scaled, 0.5, &mut totals);

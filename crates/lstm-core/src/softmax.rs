@@ -4,7 +4,7 @@
 //! fixed-order sum ([`crate::exp`]), then the normalisation.
 
 use crate::exp::{
-    exp, exp_of_sums_shifted_sum_with, exp_shifted_sum, exp_sum, exp_sum_of_sums_with, max as row_max, max_of_sums,
+    exp, exp_of_sums_shifted_sum, exp_shifted_sum, exp_sum, exp_sum_of_sums_with, max as row_max, max_of_sums,
     scale_and_accumulate,
 };
 
@@ -104,19 +104,6 @@ pub fn softmax_cross_entropy_biased(
     scale: f32,
     d_bias: &mut [f32],
 ) -> Result<f64, Error> {
-    softmax_cross_entropy_biased_with(scores, bias, targets, scale, d_bias, exp)
-}
-
-/// [`softmax_cross_entropy_biased`] with another `exp` (a host's faster one, see the trainer's
-/// `fast_exp`); with [`exp`] itself the two are the same function.
-pub fn softmax_cross_entropy_biased_with(
-    scores: &mut [f32],
-    bias: &[f32],
-    targets: &[u32],
-    scale: f32,
-    d_bias: &mut [f32],
-    e: impl Fn(f32) -> f32 + Copy,
-) -> Result<f64, Error> {
     let vocab = bias.len();
     check_len("logits", scores.len(), targets.len() * vocab)?;
     check_len("bias gradient", d_bias.len(), vocab)?;
@@ -126,7 +113,7 @@ pub fn softmax_cross_entropy_biased_with(
         let t = t as usize;
         let max = max_of_sums(row, bias);
         let target_shifted = (row[t] + bias[t]) - max;
-        let sum = exp_of_sums_shifted_sum_with(row, bias, max, e);
+        let sum = exp_of_sums_shifted_sum(row, bias, max);
         let k = scale / sum;
         // Around the target, whose gradient also loses `scale` before it joins `d_bias`.
         let (before, from_target) = row.split_at_mut(t);
@@ -148,7 +135,8 @@ pub fn cross_entropy_sum_biased(scores: &[f32], bias: &[f32], targets: &[u32]) -
     cross_entropy_sum_biased_with(scores, bias, targets, exp)
 }
 
-/// [`cross_entropy_sum_biased`] with another `exp` (see [`softmax_cross_entropy_biased_with`]).
+/// [`cross_entropy_sum_biased`] with another `exp` (a host's faster one, see the trainer's
+/// `fast_exp`); with [`exp`] itself the two are the same function.
 pub fn cross_entropy_sum_biased_with(
     scores: &[f32],
     bias: &[f32],
@@ -193,7 +181,7 @@ impl PartialLogSumExp {
     }
 
     /// [`PartialLogSumExp::of_biased`] with another `exp` (see
-    /// [`softmax_cross_entropy_biased_with`]).
+    /// [`cross_entropy_sum_biased_with`]).
     pub fn of_biased_with(scores: &[f32], bias: &[f32], e: impl Fn(f32) -> f32) -> PartialLogSumExp {
         let max = max_of_sums(scores, bias);
         if max == f32::NEG_INFINITY {
