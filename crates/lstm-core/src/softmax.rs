@@ -104,6 +104,45 @@ pub fn softmax_cross_entropy_biased(
     scale: f32,
     d_bias: &mut [f32],
 ) -> Result<f64, Error> {
+    softmax_cross_entropy_biased_by(&ReferencePasses, scores, bias, targets, scale, d_bias)
+}
+
+/// The three passes over a row of [`softmax_cross_entropy_biased`]. A host may supply its own
+/// (wider vectors than the compiler picks, say); they must compute the reference's bits, which
+/// the default methods are.
+pub trait BiasedRowPasses {
+    /// `max(a[i] + b[i])`: [`crate::exp::max_of_sums`].
+    fn max_of_sums(&self, a: &[f32], b: &[f32]) -> f32 {
+        max_of_sums(a, b)
+    }
+
+    /// `values[i] ← exp(values[i] + offsets[i] − shift)` and their sum:
+    /// [`crate::exp::exp_of_sums_shifted_sum`].
+    fn exp_of_sums_shifted_sum(&self, values: &mut [f32], offsets: &[f32], shift: f32) -> f32 {
+        exp_of_sums_shifted_sum(values, offsets, shift)
+    }
+
+    /// `values[i] ← values[i]·k`, `totals[i] += values[i]`: [`crate::exp::scale_and_accumulate`].
+    fn scale_and_accumulate(&self, values: &mut [f32], k: f32, totals: &mut [f32]) {
+        scale_and_accumulate(values, k, totals);
+    }
+}
+
+/// The portable passes of [`crate::exp`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ReferencePasses;
+
+impl BiasedRowPasses for ReferencePasses {}
+
+/// [`softmax_cross_entropy_biased`] with the row passes of `passes`.
+pub fn softmax_cross_entropy_biased_by(
+    passes: &impl BiasedRowPasses,
+    scores: &mut [f32],
+    bias: &[f32],
+    targets: &[u32],
+    scale: f32,
+    d_bias: &mut [f32],
+) -> Result<f64, Error> {
     let vocab = bias.len();
     check_len("logits", scores.len(), targets.len() * vocab)?;
     check_len("bias gradient", d_bias.len(), vocab)?;
@@ -111,19 +150,19 @@ pub fn softmax_cross_entropy_biased(
     let mut total = 0.0f64;
     for (row, &t) in scores.chunks_exact_mut(vocab.max(1)).zip(targets) {
         let t = t as usize;
-        let max = max_of_sums(row, bias);
+        let max = passes.max_of_sums(row, bias);
         let target_shifted = (row[t] + bias[t]) - max;
-        let sum = exp_of_sums_shifted_sum(row, bias, max);
+        let sum = passes.exp_of_sums_shifted_sum(row, bias, max);
         let k = scale / sum;
         // Around the target, whose gradient also loses `scale` before it joins `d_bias`.
         let (before, from_target) = row.split_at_mut(t);
         let (d_before, d_from_target) = d_bias.split_at_mut(t);
-        scale_and_accumulate(before, k, d_before);
+        passes.scale_and_accumulate(before, k, d_before);
         if let (Some((g, after)), Some((d, d_after))) = (from_target.split_first_mut(), d_from_target.split_first_mut())
         {
             *g = *g * k - scale;
             *d += *g;
-            scale_and_accumulate(after, k, d_after);
+            passes.scale_and_accumulate(after, k, d_after);
         }
         total += f64::from(libm::logf(sum) - target_shifted);
     }

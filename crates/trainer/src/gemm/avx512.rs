@@ -1,5 +1,6 @@
-//! The AVX-512 micro-kernel (one `MR × NR` tile of `C` from panels of `A` and `B`) and the
-//! 16 × 16 register transpose that packs transposed operands.
+//! The AVX-512 micro-kernel (one `MR × NR` tile of `C` from panels of `A` and `B`), the
+//! 16 × 16 register transpose that packs transposed operands, and the training softmax's row
+//! passes at 16 lanes (the reference's operations, bit for bit).
 //!
 //! The trainer's only `unsafe`. Measured on the 2-core Xeon this project trains on (Sapphire
 //! Rapids class): a 10 × 32 tile of 512-bit FMAs runs at ~175 GFLOP/s per core in cache, a
@@ -11,8 +12,9 @@
 #![allow(unsafe_code)]
 
 use std::arch::x86_64::{
-    __m512, __m512i, _MM_HINT_T0, _mm_prefetch, _mm512_fmadd_ps, _mm512_loadu_ps, _mm512_loadu_si512, _mm512_mul_ps,
-    _mm512_permutex2var_ps, _mm512_set1_ps, _mm512_setzero_ps, _mm512_storeu_ps,
+    __m512, __m512i, _CMP_NLT_UQ, _MM_HINT_T0, _mm_prefetch, _mm512_add_ps, _mm512_cmp_ps_mask, _mm512_fmadd_ps,
+    _mm512_loadu_ps, _mm512_loadu_si512, _mm512_maskz_scalef_ps, _mm512_max_ps, _mm512_min_ps, _mm512_mul_ps,
+    _mm512_permutex2var_ps, _mm512_set1_ps, _mm512_setzero_ps, _mm512_storeu_ps, _mm512_sub_ps,
 };
 
 /// How many steps of `k` ahead the kernel asks for `B`'s next lines. The hardware prefetcher
@@ -68,6 +70,56 @@ impl Avx512 {
         }
     }
 
+    /// `values[i] ← exp(values[i] + offsets[i] − shift)` and their sum, bit for bit what
+    /// `lstm_core::exp::exp_of_sums_shifted_sum` computes: the same operations (no fused
+    /// multiply-add) in the same order, the same 32 partial sums and fixed tree, 16 lanes per
+    /// instruction where the compiler's own vectorisation of the reference uses 8.
+    pub fn exp_of_sums_shifted_sum(self, values: &mut [f32], offsets: &[f32], shift: f32) -> f32 {
+        let n = values.len().min(offsets.len());
+        let full = n / 32 * 32;
+        let mut lanes = [0.0f32; 32];
+        // SAFETY: AVX-512F was detected (`self` exists); the function reads and writes
+        // `values[..full]` and reads `offsets[..full]`, both at least `full` long.
+        unsafe { exp_of_sums_avx512(values.as_mut_ptr(), offsets.as_ptr(), full, shift, &mut lanes) };
+        let mut width = 32;
+        while width > 1 {
+            width /= 2;
+            for i in 0..width {
+                lanes[i] += lanes[i + width];
+            }
+        }
+        let mut total = lanes[0];
+        for (v, b) in values[full..n].iter_mut().zip(&offsets[full..n]) {
+            *v = lstm_core::exp::exp(*v + b - shift);
+            total += *v;
+        }
+        total
+    }
+
+    /// `max(a[i] + b[i])`: `lstm_core::exp::max_of_sums` (the same 32 running maxima, then
+    /// its fold and tail).
+    pub fn max_of_sums(self, a: &[f32], b: &[f32]) -> f32 {
+        let n = a.len().min(b.len());
+        let full = n / 32 * 32;
+        let mut lanes = [f32::NEG_INFINITY; 32];
+        // SAFETY: AVX-512F was detected; `a` and `b` hold at least `full` floats.
+        unsafe { max_of_sums_avx512(a.as_ptr(), b.as_ptr(), full, &mut lanes) };
+        let best = lanes.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        a[full..n].iter().zip(&b[full..n]).fold(best, |m, (p, q)| m.max(p + q))
+    }
+
+    /// `values[i] ← values[i]·k`, `totals[i] += values[i]`: `lstm_core::exp::scale_and_accumulate`.
+    pub fn scale_and_accumulate(self, values: &mut [f32], k: f32, totals: &mut [f32]) {
+        let n = values.len().min(totals.len());
+        let full = n / 16 * 16;
+        // SAFETY: AVX-512F was detected; both slices hold at least `full` floats.
+        unsafe { scale_and_accumulate_avx512(values.as_mut_ptr(), k, totals.as_mut_ptr(), full) };
+        for (v, t) in values[full..n].iter_mut().zip(&mut totals[full..n]) {
+            *v *= k;
+            *t += *v;
+        }
+    }
+
     /// `dst[q·dst_stride + r] = src[r·src_stride + q]` for `r, q < 16`: a 16 × 16 block
     /// transposed in registers, so packing a transposed operand (`Eᵀ`, `Wxᵀ`, `Whᵀ`) reads and
     /// writes whole cache lines instead of one float per row and step.
@@ -80,6 +132,92 @@ impl Avx512 {
         // SAFETY: AVX-512F was detected (`self` exists), and the asserts bound every access:
         // rows `r·stride .. r·stride + 16` for `r < 16` of either slice.
         unsafe { transpose16_avx512(src.as_ptr(), src_stride, dst.as_mut_ptr(), dst_stride) }
+    }
+}
+
+/// `lstm_core::exp::exp` on 16 lanes: each step the reference's own operation (a multiply and
+/// an add, never fused), except that `y·2ⁿ` is one `vscalefps` instead of building `2ⁿ` in the
+/// exponent bits and multiplying: both round the exact product once, and `n` stays in
+/// [−126, 127], so the bits are the same (tested against the reference over the whole range).
+#[target_feature(enable = "avx512f")]
+fn exp16(x_in: __m512) -> __m512 {
+    const ROUNDER: f32 = 12_582_912.0;
+    let x = _mm512_max_ps(_mm512_set1_ps(-87.336_55), x_in);
+    let x = _mm512_min_ps(_mm512_set1_ps(88.0), x);
+    let shifted = _mm512_add_ps(_mm512_mul_ps(x, _mm512_set1_ps(core::f32::consts::LOG2_E)), _mm512_set1_ps(ROUNDER));
+    let n = _mm512_sub_ps(shifted, _mm512_set1_ps(ROUNDER));
+    let r = _mm512_add_ps(_mm512_mul_ps(n, _mm512_set1_ps(-0.693_359_4)), x);
+    let r = _mm512_add_ps(_mm512_mul_ps(n, _mm512_set1_ps(2.121_944_4e-4)), r);
+    let mut p = _mm512_set1_ps(1.987_569_1e-4);
+    for c in [1.398_199_9e-3, 8.333_452e-3, 4.166_579_6e-2, 1.666_666_5e-1, 0.5] {
+        p = _mm512_add_ps(_mm512_mul_ps(p, r), _mm512_set1_ps(c));
+    }
+    let y = _mm512_add_ps(_mm512_add_ps(_mm512_mul_ps(p, _mm512_mul_ps(r, r)), r), _mm512_set1_ps(1.0));
+    let keep = _mm512_cmp_ps_mask::<_CMP_NLT_UQ>(x_in, _mm512_set1_ps(-87.336_55));
+    _mm512_maskz_scalef_ps(keep, y, n)
+}
+
+/// # Safety
+/// AVX-512F must be available; `values` and `offsets` must hold `full` floats (a multiple of 32).
+#[target_feature(enable = "avx512f")]
+unsafe fn exp_of_sums_avx512(values: *mut f32, offsets: *const f32, full: usize, shift: f32, lanes: &mut [f32; 32]) {
+    let shift = _mm512_set1_ps(shift);
+    let (mut lo, mut hi) = (_mm512_setzero_ps(), _mm512_setzero_ps());
+    for at in (0..full).step_by(32) {
+        // SAFETY: at + 32 ≤ full (caller's bounds).
+        unsafe {
+            let a =
+                _mm512_sub_ps(_mm512_add_ps(_mm512_loadu_ps(values.add(at)), _mm512_loadu_ps(offsets.add(at))), shift);
+            let b = _mm512_sub_ps(
+                _mm512_add_ps(_mm512_loadu_ps(values.add(at + 16)), _mm512_loadu_ps(offsets.add(at + 16))),
+                shift,
+            );
+            let (ea, eb) = (exp16(a), exp16(b));
+            _mm512_storeu_ps(values.add(at), ea);
+            _mm512_storeu_ps(values.add(at + 16), eb);
+            lo = _mm512_add_ps(lo, ea);
+            hi = _mm512_add_ps(hi, eb);
+        }
+    }
+    // SAFETY: `lanes` holds 32 floats.
+    unsafe {
+        _mm512_storeu_ps(lanes.as_mut_ptr(), lo);
+        _mm512_storeu_ps(lanes.as_mut_ptr().add(16), hi);
+    }
+}
+
+/// # Safety
+/// AVX-512F must be available; `a` and `b` must hold `full` floats (a multiple of 32).
+#[target_feature(enable = "avx512f")]
+unsafe fn max_of_sums_avx512(a: *const f32, b: *const f32, full: usize, lanes: &mut [f32; 32]) {
+    let (mut lo, mut hi) = (_mm512_set1_ps(f32::NEG_INFINITY), _mm512_set1_ps(f32::NEG_INFINITY));
+    for at in (0..full).step_by(32) {
+        // SAFETY: at + 32 ≤ full (caller's bounds). `max(v, l)` is the reference's
+        // `if v > l { v } else { l }`, NaNs and signed zeros included.
+        unsafe {
+            lo = _mm512_max_ps(_mm512_add_ps(_mm512_loadu_ps(a.add(at)), _mm512_loadu_ps(b.add(at))), lo);
+            hi = _mm512_max_ps(_mm512_add_ps(_mm512_loadu_ps(a.add(at + 16)), _mm512_loadu_ps(b.add(at + 16))), hi);
+        }
+    }
+    // SAFETY: `lanes` holds 32 floats.
+    unsafe {
+        _mm512_storeu_ps(lanes.as_mut_ptr(), lo);
+        _mm512_storeu_ps(lanes.as_mut_ptr().add(16), hi);
+    }
+}
+
+/// # Safety
+/// AVX-512F must be available; `values` and `totals` must hold `full` floats (a multiple of 16).
+#[target_feature(enable = "avx512f")]
+unsafe fn scale_and_accumulate_avx512(values: *mut f32, k: f32, totals: *mut f32, full: usize) {
+    let k = _mm512_set1_ps(k);
+    for at in (0..full).step_by(16) {
+        // SAFETY: at + 16 ≤ full (caller's bounds).
+        unsafe {
+            let v = _mm512_mul_ps(_mm512_loadu_ps(values.add(at)), k);
+            _mm512_storeu_ps(values.add(at), v);
+            _mm512_storeu_ps(totals.add(at), _mm512_add_ps(_mm512_loadu_ps(totals.add(at)), v));
+        }
     }
 }
 
@@ -217,6 +355,91 @@ unsafe fn tile_avx512<const PACKED: bool>(
                 let value = if beta == 0.0 { scaled } else { _mm512_fmadd_ps(_mm512_loadu_ps(out), beta_v, scaled) };
                 _mm512_storeu_ps(out, value);
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lstm_core::rng::Rng;
+
+    fn same_bits(a: &[f32], b: &[f32]) -> bool {
+        a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits())
+    }
+
+    /// Rows of every length around the 16- and 32-lane steps, with the clamps' edges, ±∞, NaN,
+    /// −0 and values whose results are subnormal.
+    fn rows(rng: &mut Rng) -> Vec<Vec<f32>> {
+        let specials =
+            [f32::NAN, -87.336_55, -87.336_56, -87.0, -90.0, 88.0, 88.1, 0.0, -0.0, f32::INFINITY, f32::NEG_INFINITY];
+        let mut out = Vec::new();
+        for len in [0usize, 1, 15, 16, 17, 31, 32, 33, 63, 64, 100, 1000] {
+            for spread in [0.1f32, 5.0, 40.0] {
+                let mut row: Vec<f32> = (0..len).map(|_| rng.normal() * spread).collect();
+                for (v, s) in row.iter_mut().step_by(7).zip(specials) {
+                    *v = s;
+                }
+                out.push(row);
+            }
+        }
+        out
+    }
+
+    /// Every float step over the range where `exp` is not clamped (a million points) and
+    /// beyond: the 16-lane pass returns the reference's bits, and its sum is the reference's.
+    #[test]
+    fn exp_pass_is_the_reference_bit_for_bit() {
+        let Some(k) = Avx512::detect() else { return };
+        let mut x = -95.0f32;
+        let mut values = Vec::new();
+        while x < 95.0 {
+            values.push(x);
+            x += 0.000_19;
+        }
+        values.push(f32::NAN);
+        let offsets = vec![0.0f32; values.len()];
+        for shift in [0.0f32, 1.5] {
+            let (mut want, mut got) = (values.clone(), values.clone());
+            let sum_want = lstm_core::exp::exp_of_sums_shifted_sum(&mut want, &offsets, shift);
+            let sum_got = k.exp_of_sums_shifted_sum(&mut got, &offsets, shift);
+            assert!(same_bits(&want, &got), "exp values differ (shift {shift})");
+            assert_eq!(sum_want.to_bits(), sum_got.to_bits(), "exp sums differ (shift {shift})");
+        }
+    }
+
+    /// The three passes, and a whole softmax cross-entropy with its gradients, against the
+    /// reference on rows of every shape.
+    #[test]
+    fn row_passes_are_the_reference_bit_for_bit() {
+        let Some(k) = Avx512::detect() else { return };
+        let mut rng = Rng::new(11);
+        for row in rows(&mut rng) {
+            let offsets: Vec<f32> = (0..row.len()).map(|_| rng.normal()).collect();
+            let want = lstm_core::exp::max_of_sums(&row, &offsets);
+            assert_eq!(k.max_of_sums(&row, &offsets).to_bits(), want.to_bits(), "max, {} values", row.len());
+            let (mut a, mut b) = (row.clone(), row.clone());
+            let sum_a = lstm_core::exp::exp_of_sums_shifted_sum(&mut a, &offsets, 0.75);
+            let sum_b = k.exp_of_sums_shifted_sum(&mut b, &offsets, 0.75);
+            assert!(same_bits(&a, &b) && sum_a.to_bits() == sum_b.to_bits(), "exp, {} values", row.len());
+            let (mut ta, mut tb) = (offsets.clone(), offsets.clone());
+            lstm_core::exp::scale_and_accumulate(&mut a, 0.3, &mut ta);
+            k.scale_and_accumulate(&mut b, 0.3, &mut tb);
+            assert!(same_bits(&a, &b) && same_bits(&ta, &tb), "scale, {} values", row.len());
+        }
+        for vocab in [1usize, 33, 100, 1000] {
+            let m = 5;
+            let scores: Vec<f32> = (0..m * vocab).map(|_| rng.normal() * 4.0).collect();
+            let bias: Vec<f32> = (0..vocab).map(|_| rng.normal()).collect();
+            let targets: Vec<u32> = (0..m as u32).map(|i| (i * 37) % vocab as u32).collect();
+            let (mut a, mut b) = (scores.clone(), scores);
+            let (mut da, mut db) = (vec![0.25f32; vocab], vec![0.25f32; vocab]);
+            use lstm_core::softmax::{softmax_cross_entropy_biased, softmax_cross_entropy_biased_by};
+            let la = softmax_cross_entropy_biased(&mut a, &bias, &targets, 0.2, &mut da).unwrap();
+            let passes = super::super::SoftmaxPasses { kernel: Some(k) };
+            let lb = softmax_cross_entropy_biased_by(&passes, &mut b, &bias, &targets, 0.2, &mut db).unwrap();
+            assert_eq!(la.to_bits(), lb.to_bits(), "loss, vocabulary {vocab}");
+            assert!(same_bits(&a, &b) && same_bits(&da, &db), "gradients, vocabulary {vocab}");
         }
     }
 }

@@ -186,9 +186,54 @@ impl FastGemm {
         cv.gemm(alpha, &view(&a), &view(&b).columns_range(cols), beta);
     }
 
+    /// The softmax row passes to use beside this GEMM: 16-lane AVX-512 versions on the
+    /// AVX-512 backend, the portable reference elsewhere. The same bits either way.
+    pub fn softmax_passes(&self) -> SoftmaxPasses {
+        SoftmaxPasses {
+            #[cfg(target_arch = "x86_64")]
+            kernel: self.avx512_kernel(),
+        }
+    }
+
     /// What the first column of [`FastGemm::gemm_prepared_columns`] must be a multiple of (the
     /// micro-kernel's tile width; asked of every backend, so callers do not depend on it).
     pub const COLUMN_ALIGN: usize = 32;
+}
+
+/// The three row passes of the training softmax (`lstm_core::softmax::BiasedRowPasses`) for
+/// the backend in use: on AVX-512 the compiler's own vectorisation of the reference keeps to
+/// 256-bit vectors, and the same operations 16 lanes at a time ran the softmax 11–17% faster
+/// (one thread, 700 × 10,000 scores), bit for bit the reference.
+#[derive(Debug, Clone, Copy)]
+pub struct SoftmaxPasses {
+    #[cfg(target_arch = "x86_64")]
+    kernel: Option<avx512::Avx512>,
+}
+
+impl lstm_core::softmax::BiasedRowPasses for SoftmaxPasses {
+    fn max_of_sums(&self, a: &[f32], b: &[f32]) -> f32 {
+        #[cfg(target_arch = "x86_64")]
+        if let Some(k) = self.kernel {
+            return k.max_of_sums(a, b);
+        }
+        lstm_core::exp::max_of_sums(a, b)
+    }
+
+    fn exp_of_sums_shifted_sum(&self, values: &mut [f32], offsets: &[f32], shift: f32) -> f32 {
+        #[cfg(target_arch = "x86_64")]
+        if let Some(k) = self.kernel {
+            return k.exp_of_sums_shifted_sum(values, offsets, shift);
+        }
+        lstm_core::exp::exp_of_sums_shifted_sum(values, offsets, shift)
+    }
+
+    fn scale_and_accumulate(&self, values: &mut [f32], k: f32, totals: &mut [f32]) {
+        #[cfg(target_arch = "x86_64")]
+        if let Some(kernel) = self.kernel {
+            return kernel.scale_and_accumulate(values, k, totals);
+        }
+        lstm_core::exp::scale_and_accumulate(values, k, totals);
+    }
 }
 
 #[cfg(target_arch = "x86_64")]
