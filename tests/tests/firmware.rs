@@ -1,6 +1,7 @@
 //! The firmware under QEMU: a model exported here, embedded at build time, gives top-k words
-//! and probabilities bit-identical to `host predict`; a damaged model is refused at boot; the
-//! bundled `embedded` model fits the netduinoplus2's 1 MiB of flash with little RAM.
+//! and probabilities bit-identical to `host predict` (also with every logit positive); a
+//! damaged model is refused at boot; the bundled `embedded` model fits the netduinoplus2's
+//! 1 MiB of flash with little RAM.
 //!
 //! Needs `qemu-system-arm`, `defmt-print` and the `thumbv7em-none-eabihf` target
 //! (`scripts/test.sh` installs them).
@@ -112,6 +113,19 @@ fn memory_line(lines: &[String]) -> std::collections::HashMap<String, u64> {
         .collect()
 }
 
+/// `host predict --exact --top 5` of `model` on the lines of `prompts`.
+fn host_predict(model: &Path, prompts: &Path) -> Vec<String> {
+    let host = Command::new(env!("CARGO"))
+        .current_dir(repo())
+        .args(["run", "--release", "-q", "-p", "host", "--", "predict", "--exact", "--top", "5", "--model"])
+        .arg(model)
+        .stdin(std::fs::File::open(prompts).unwrap())
+        .output()
+        .unwrap();
+    assert!(host.status.success(), "{}", String::from_utf8_lossy(&host.stderr));
+    String::from_utf8_lossy(&host.stdout).lines().map(str::to_string).collect()
+}
+
 #[test]
 fn firmware_under_qemu() {
     let tmp = tempfile::tempdir().unwrap();
@@ -136,17 +150,29 @@ fn firmware_under_qemu() {
     assert_eq!(code, 0, "firmware failed:\n{}", lines.join("\n"));
     assert!(lines.iter().any(|l| l.ends_with("done")));
     let device = machine_lines(&lines);
-    let host = Command::new(env!("CARGO"))
-        .current_dir(repo())
-        .args(["run", "--release", "-q", "-p", "host", "--", "predict", "--exact", "--top", "5", "--model"])
-        .arg(&model)
-        .stdin(std::fs::File::open(&prompts).unwrap())
-        .output()
-        .unwrap();
-    assert!(host.status.success(), "{}", String::from_utf8_lossy(&host.stderr));
-    let host_lines: Vec<String> = String::from_utf8_lossy(&host.stdout).lines().map(str::to_string).collect();
+    let host_lines = host_predict(&model, &prompts);
     assert_eq!(device.len(), 4 * (5 + 8), "{device:#?}");
     assert_eq!(device, host_lines, "firmware and host predict differ");
+
+    // The same model with every logit positive: its output bias raised by 100 nats (25,600
+    // integer steps; softmax does not change). The device's top-1 / log-probability scan starts
+    // from a maximum of i32::MIN, and a scan that compared `max − y` by its sign (overflowing
+    // for any positive `y`) summed such logits instead of comparing them: its words and
+    // probabilities then differed from the host's. A trained toy model may or may not have
+    // positive logits before its first negative one; this one is all positive.
+    let mut shifted = ckpt.clone();
+    let out_bias = trainer::model::Layout::new(shifted.dims()).out_bias;
+    shifted.params[out_bias].iter_mut().for_each(|b| *b += 100.0);
+    let (shifted_bytes, _) = trainer::export::export_int8(&shifted).unwrap();
+    let positive = tmp.path().join("positive.lmq8");
+    std::fs::write(&positive, &shifted_bytes).unwrap();
+    let elf = build_firmware("qemu", &positive, &prompts);
+    let (code, lines) = run_qemu("mps2-an386", &elf);
+    assert_eq!(code, 0, "firmware failed:\n{}", lines.join("\n"));
+    let device = machine_lines(&lines);
+    let host = host_predict(&positive, &prompts);
+    assert_eq!(device.len(), 4 * (5 + 8), "{device:#?}");
+    assert_eq!(device, host, "firmware and host predict differ on a model whose logits are all positive");
 
     // A damaged model builds but is refused at boot with an error and a non-zero exit.
     let mut damaged = bytes.clone();
