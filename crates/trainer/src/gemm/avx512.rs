@@ -63,9 +63,46 @@ impl Avx512 {
         // reads/writes of `c` at `r·ldc + j < (MR−1)·ldc + NR`, for `r < MR`, `p < k`, `j < NR`.
         unsafe {
             if a.rs == 1 && a.cs == MR {
-                tile_avx512::<true>(k, alpha, a, b, beta, c.as_mut_ptr(), ldc);
+                tile_avx512::<true, 2>(k, alpha, a, b, beta, c.as_mut_ptr(), ldc);
             } else {
-                tile_avx512::<false>(k, alpha, a, b, beta, c.as_mut_ptr(), ldc);
+                tile_avx512::<false, 2>(k, alpha, a, b, beta, c.as_mut_ptr(), ldc);
+            }
+        }
+    }
+
+    /// [`Avx512::tile`] on the first 16 columns only (`C[r][j]` for `j < 16`, reading `B`'s
+    /// first 16): the edge tile of a product whose width leaves at most 16 columns in its last
+    /// panel (`D` = 200: 8 of 32; 650: 10), at half the multiply-adds. Every element is the
+    /// same sequence of fused multiply-adds as in [`Avx512::tile`], so the same bits.
+    ///
+    /// # Panics
+    /// If a panel is shorter than `k` steps or `c` does not hold the 16 columns.
+    #[inline]
+    #[allow(clippy::too_many_arguments)]
+    pub fn tile_left_half(
+        self,
+        k: usize,
+        alpha: f32,
+        a: APanel<'_>,
+        b: BPanel<'_>,
+        beta: f32,
+        c: &mut [f32],
+        ldc: usize,
+    ) {
+        if k == 0 {
+            let zero = [0.0f32; MR * NR];
+            return self.tile_left_half(1, alpha, APanel::packed(&zero), BPanel::packed(&zero), beta, c, ldc);
+        }
+        assert!(a.data.len() > (MR - 1) * a.rs + (k - 1) * a.cs, "micro-kernel: A panel too short");
+        assert!(b.data.len() >= (k - 1) * b.ld + 16, "micro-kernel: B panel too short");
+        assert!(ldc >= 16 && c.len() >= (MR - 1) * ldc + 16, "micro-kernel: tile outside C");
+        // SAFETY: as in `tile`, with 16 columns: reads of `b` at `p·ld + j < (k−1)·ld + 16`,
+        // reads/writes of `c` at `r·ldc + j < (MR−1)·ldc + 16`, for `r < MR`, `p < k`, `j < 16`.
+        unsafe {
+            if a.rs == 1 && a.cs == MR {
+                tile_avx512::<true, 1>(k, alpha, a, b, beta, c.as_mut_ptr(), ldc);
+            } else {
+                tile_avx512::<false, 1>(k, alpha, a, b, beta, c.as_mut_ptr(), ldc);
             }
         }
     }
@@ -300,10 +337,10 @@ impl<'a> BPanel<'a> {
 
 /// # Safety
 /// AVX-512F must be available; `a`, `b` must hold every element of `k` steps (see
-/// [`Avx512::tile`]), and `c` must be readable and writable at `r·ldc + j` for every `r < MR`,
-/// `j < NR`. `PACKED` promises `a.rs == 1 && a.cs == MR`.
+/// [`Avx512::tile`]) over `16·V` columns, and `c` must be readable and writable at `r·ldc + j`
+/// for every `r < MR`, `j < 16·V`. `PACKED` promises `a.rs == 1 && a.cs == MR`.
 #[target_feature(enable = "avx512f")]
-unsafe fn tile_avx512<const PACKED: bool>(
+unsafe fn tile_avx512<const PACKED: bool, const V: usize>(
     k: usize,
     alpha: f32,
     a: APanel<'_>,
@@ -321,26 +358,29 @@ unsafe fn tile_avx512<const PACKED: bool>(
     // (`embedded`).
     for r in 0..MR {
         let line = c.wrapping_add(r * ldc).cast::<i8>();
-        _mm_prefetch::<_MM_HINT_T0>(line);
-        _mm_prefetch::<_MM_HINT_T0>(line.wrapping_add(64));
+        for v in 0..V {
+            _mm_prefetch::<_MM_HINT_T0>(line.wrapping_add(64 * v));
+        }
     }
-    let mut acc: [[__m512; 2]; MR] = [[_mm512_setzero_ps(); 2]; MR];
+    let mut acc: [[__m512; V]; MR] = [[_mm512_setzero_ps(); V]; MR];
     for p in 0..k {
-        // Both cache lines of `B`'s row `PREFETCH_STEPS` ahead: a hint, which never faults, so
+        // The cache lines of `B`'s row `PREFETCH_STEPS` ahead: a hint, which never faults, so
         // the address may run past the panel (hence `wrapping_add`).
         let ahead = bp.wrapping_add((p + PREFETCH_STEPS) * b.ld).cast::<i8>();
         // SAFETY: p < k, so every offset is within the bounds the caller checked; prefetches
         // read nothing architecturally.
         unsafe {
-            _mm_prefetch::<_MM_HINT_T0>(ahead);
-            _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(64));
-            let b0 = _mm512_loadu_ps(bp.add(p * b.ld));
-            let b1 = _mm512_loadu_ps(bp.add(p * b.ld + 16));
+            let mut bv = [_mm512_setzero_ps(); V];
+            for (v, b_v) in bv.iter_mut().enumerate() {
+                _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(64 * v));
+                *b_v = _mm512_loadu_ps(bp.add(p * b.ld + 16 * v));
+            }
             let a_p = ap.add(p * a_cs);
             for (r, row) in acc.iter_mut().enumerate() {
                 let x = _mm512_set1_ps(*a_p.add(r * a_rs));
-                row[0] = _mm512_fmadd_ps(x, b0, row[0]);
-                row[1] = _mm512_fmadd_ps(x, b1, row[1]);
+                for (acc_v, &b_v) in row.iter_mut().zip(&bv) {
+                    *acc_v = _mm512_fmadd_ps(x, b_v, *acc_v);
+                }
             }
         }
     }
@@ -348,7 +388,7 @@ unsafe fn tile_avx512<const PACKED: bool>(
     let beta_v = _mm512_set1_ps(beta);
     for (r, row) in acc.iter().enumerate() {
         for (half, &sum) in row.iter().enumerate() {
-            // SAFETY: r < MR and the 16 lanes from `half·16` stay below NR (caller's contract).
+            // SAFETY: r < MR and the 16 lanes from `half·16` stay below 16·V (caller's contract).
             unsafe {
                 let out = c.add(r * ldc + half * 16);
                 let scaled = _mm512_mul_ps(sum, alpha);
@@ -384,6 +424,36 @@ mod tests {
             }
         }
         out
+    }
+
+    /// The 16-column edge kernel gives the full kernel's first 16 columns bit for bit, packed
+    /// and in place, with and without `beta`, for several `k`.
+    #[test]
+    fn left_half_tile_is_the_full_tiles_left_half() {
+        let Some(kern) = Avx512::detect() else { return };
+        let mut rng = Rng::new(5);
+        for k in [0usize, 1, 7, 64, 200] {
+            let a: Vec<f32> = (0..MR * k.max(1)).map(|_| rng.normal()).collect();
+            let b: Vec<f32> = (0..NR * k.max(1)).map(|_| rng.normal()).collect();
+            let c0: Vec<f32> = (0..MR * NR).map(|_| rng.normal()).collect();
+            let panels = [APanel::packed(&a), APanel { data: &a, rs: k.max(1), cs: 1 }];
+            for (apanel, beta) in panels.into_iter().zip([0.0f32, 0.5]) {
+                let (mut full, mut half) = (c0.clone(), c0.clone());
+                kern.tile(k, 1.5, apanel, BPanel::packed(&b), beta, &mut full, NR);
+                kern.tile_left_half(k, 1.5, apanel, BPanel::packed(&b), beta, &mut half, NR);
+                for r in 0..MR {
+                    let row = r * NR..(r + 1) * NR;
+                    assert!(
+                        same_bits(&full[row.start..row.start + 16], &half[row.start..row.start + 16]),
+                        "k {k}, row {r}"
+                    );
+                    assert!(
+                        same_bits(&c0[row.start + 16..row.end], &half[row.start + 16..row.end]),
+                        "k {k}: right half untouched"
+                    );
+                }
+            }
+        }
     }
 
     /// Every float step over the range where `exp` is not clamped (a million points) and
