@@ -50,36 +50,20 @@ impl Avx512 {
     #[inline]
     #[allow(clippy::too_many_arguments)]
     pub fn tile(self, k: usize, alpha: f32, a: APanel<'_>, b: BPanel<'_>, beta: f32, c: &mut [f32], ldc: usize) {
-        if k == 0 {
-            let zero = [0.0f32; MR * NR];
-            return self.tile(1, alpha, APanel::packed(&zero), BPanel::packed(&zero), beta, c, ldc);
-        }
-        assert!(a.data.len() > (MR - 1) * a.rs + (k - 1) * a.cs, "micro-kernel: A panel too short");
-        assert!(b.data.len() >= (k - 1) * b.ld + NR, "micro-kernel: B panel too short");
-        assert!(ldc >= NR && c.len() >= (MR - 1) * ldc + NR, "micro-kernel: tile outside C");
-        // SAFETY: `self` exists only when AVX-512F was detected at run time, so the
-        // `target_feature` function may run. The asserts above bound every access: reads of
-        // `a` at `r·rs + p·cs ≤ (MR−1)·rs + (k−1)·cs`, of `b` at `p·ld + j < (k−1)·ld + NR`, and
-        // reads/writes of `c` at `r·ldc + j < (MR−1)·ldc + NR`, for `r < MR`, `p < k`, `j < NR`.
-        unsafe {
-            if a.rs == 1 && a.cs == MR {
-                tile_avx512::<true, 2>(k, alpha, a, b, beta, c.as_mut_ptr(), ldc);
-            } else {
-                tile_avx512::<false, 2>(k, alpha, a, b, beta, c.as_mut_ptr(), ldc);
-            }
-        }
+        self.tile_vectors::<2>(k, alpha, a, b, beta, c, ldc);
     }
 
-    /// [`Avx512::tile`] on the first 16 columns only (`C[r][j]` for `j < 16`, reading `B`'s
-    /// first 16): the edge tile of a product whose width leaves at most 16 columns in its last
-    /// panel (`D` = 200: 8 of 32; 650: 10), at half the multiply-adds. Every element is the
-    /// same sequence of fused multiply-adds as in [`Avx512::tile`], so the same bits.
+    /// [`Avx512::tile`] on the first `16·V` columns only (`V` = 1 or 2; `C[r][j]` for
+    /// `j < 16·V`, reading as many columns of `B`). With `V` = 1: the edge tile of a product
+    /// whose width leaves at most 16 columns in its last panel (`D` = 200: 8 of 32; 650: 10),
+    /// at half the multiply-adds. Every element is the same sequence of fused multiply-adds
+    /// as in [`Avx512::tile`], so the same bits.
     ///
     /// # Panics
-    /// If a panel is shorter than `k` steps or `c` does not hold the 16 columns.
+    /// If a panel is shorter than `k` steps or `c` does not hold the `16·V` columns.
     #[inline]
     #[allow(clippy::too_many_arguments)]
-    pub fn tile_left_half(
+    pub fn tile_vectors<const V: usize>(
         self,
         k: usize,
         alpha: f32,
@@ -89,20 +73,24 @@ impl Avx512 {
         c: &mut [f32],
         ldc: usize,
     ) {
+        let width = 16 * V;
         if k == 0 {
             let zero = [0.0f32; MR * NR];
-            return self.tile_left_half(1, alpha, APanel::packed(&zero), BPanel::packed(&zero), beta, c, ldc);
+            return self.tile_vectors::<V>(1, alpha, APanel::packed(&zero), BPanel::packed(&zero), beta, c, ldc);
         }
         assert!(a.data.len() > (MR - 1) * a.rs + (k - 1) * a.cs, "micro-kernel: A panel too short");
-        assert!(b.data.len() >= (k - 1) * b.ld + 16, "micro-kernel: B panel too short");
-        assert!(ldc >= 16 && c.len() >= (MR - 1) * ldc + 16, "micro-kernel: tile outside C");
-        // SAFETY: as in `tile`, with 16 columns: reads of `b` at `p·ld + j < (k−1)·ld + 16`,
-        // reads/writes of `c` at `r·ldc + j < (MR−1)·ldc + 16`, for `r < MR`, `p < k`, `j < 16`.
+        assert!(b.data.len() >= (k - 1) * b.ld + width, "micro-kernel: B panel too short");
+        assert!(ldc >= width && c.len() >= (MR - 1) * ldc + width, "micro-kernel: tile outside C");
+        // SAFETY: `self` exists only when AVX-512F was detected at run time, so the
+        // `target_feature` function may run. The asserts above bound every access: reads of
+        // `a` at `r·rs + p·cs ≤ (MR−1)·rs + (k−1)·cs`, of `b` at `p·ld + j < (k−1)·ld + 16·V`,
+        // and reads/writes of `c` at `r·ldc + j < (MR−1)·ldc + 16·V`, for `r < MR`, `p < k`,
+        // `j < 16·V`.
         unsafe {
             if a.rs == 1 && a.cs == MR {
-                tile_avx512::<true, 1>(k, alpha, a, b, beta, c.as_mut_ptr(), ldc);
+                tile_avx512::<true, V>(k, alpha, a, b, beta, c.as_mut_ptr(), ldc);
             } else {
-                tile_avx512::<false, 1>(k, alpha, a, b, beta, c.as_mut_ptr(), ldc);
+                tile_avx512::<false, V>(k, alpha, a, b, beta, c.as_mut_ptr(), ldc);
             }
         }
     }
@@ -440,7 +428,7 @@ mod tests {
             for (apanel, beta) in panels.into_iter().zip([0.0f32, 0.5]) {
                 let (mut full, mut half) = (c0.clone(), c0.clone());
                 kern.tile(k, 1.5, apanel, BPanel::packed(&b), beta, &mut full, NR);
-                kern.tile_left_half(k, 1.5, apanel, BPanel::packed(&b), beta, &mut half, NR);
+                kern.tile_vectors::<1>(k, 1.5, apanel, BPanel::packed(&b), beta, &mut half, NR);
                 for r in 0..MR {
                     let row = r * NR..(r + 1) * NR;
                     assert!(

@@ -436,7 +436,7 @@ fn edge_tile(
     // kernel, half the multiply-adds: same-process A/B `small` +2–5% (three runs), `book`
     // +3% (median of block ratios), `embedded` (no such products) ±3%.
     if nr <= 16 {
-        kernel.tile_left_half(kb, 1.0, apanel, bpanel, 0.0, &mut tile, NR);
+        kernel.tile_vectors::<1>(kb, 1.0, apanel, bpanel, 0.0, &mut tile, NR);
     } else {
         kernel.tile(kb, 1.0, apanel, bpanel, 0.0, &mut tile, NR);
     }
