@@ -7,13 +7,22 @@
 //! and the compiler can vectorise loops over it. Inputs are clamped to [−87.33, 88]; the result
 //! is 0 below and ≈ 1.65e38 above.
 
+// The constants are public so that a host's vector version of [`exp`] (the trainer's AVX-512
+// softmax passes) is written from the same numbers; it must give the same bits.
 const LOG2E: f32 = core::f32::consts::LOG2_E;
-const LN2_HI: f32 = 0.693_359_4;
-const LN2_LO: f32 = -2.121_944_4e-4;
+/// ln 2 in two parts (Cody–Waite): `n·LN2_HI` is exact for the `n` that occur.
+pub const LN2_HI: f32 = 0.693_359_4;
+/// The rest of ln 2: `LN2_HI + LN2_LO` ≈ ln 2.
+pub const LN2_LO: f32 = -2.121_944_4e-4;
 /// 1.5·2²³: adding and subtracting it rounds an f32 of magnitude < 2²² to the nearest integer.
-const ROUNDER: f32 = 12_582_912.0;
-const MIN_X: f32 = -87.336_55;
-const MAX_X: f32 = 88.0;
+pub const ROUNDER: f32 = 12_582_912.0;
+/// Inputs below this give exactly 0 (e^x under f32's smallest normal number).
+pub const MIN_X: f32 = -87.336_55;
+/// Inputs above this are clamped to it.
+pub const MAX_X: f32 = 88.0;
+/// The polynomial for `e^r` on |r| ≤ ln 2 / 2, highest degree first, evaluated by Horner's
+/// rule as `p·r + c` and finished as `p·r² + r + 1` (Cephes' minimax coefficients).
+pub const POLY: [f32; 6] = [1.987_569_1e-4, 1.398_199_9e-3, 8.333_452e-3, 4.166_579_6e-2, 1.666_666_5e-1, 0.5];
 
 /// e^x with a relative error below 3e−7 over [−87.33, 88]; exactly 0 below (where e^x is
 /// under f32's smallest normal number), about 1.65e38 above.
@@ -39,8 +48,8 @@ pub fn exp_by(x_in: f32, mul_add: impl Fn(f32, f32, f32) -> f32) -> f32 {
     let n_int = shifted.to_bits().wrapping_sub(ROUNDER.to_bits()) as i32;
     // (x − n·ln2_hi) − n·ln2_lo; adding the negated product is the same subtraction.
     let r = mul_add(n, -LN2_LO, mul_add(n, -LN2_HI, x));
-    let mut p = 1.987_569_1e-4f32;
-    for c in [1.398_199_9e-3, 8.333_452e-3, 4.166_579_6e-2, 1.666_666_5e-1, 0.5] {
+    let mut p = POLY[0];
+    for &c in &POLY[1..] {
         p = mul_add(p, r, c);
     }
     let y = mul_add(p, r * r, r) + 1.0;

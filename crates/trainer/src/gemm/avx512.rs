@@ -166,19 +166,21 @@ impl Avx512 {
 /// [−126, 127], so the bits are the same (tested against the reference over the whole range).
 #[target_feature(enable = "avx512f")]
 fn exp16(x_in: __m512) -> __m512 {
-    const ROUNDER: f32 = 12_582_912.0;
-    let x = _mm512_max_ps(_mm512_set1_ps(-87.336_55), x_in);
-    let x = _mm512_min_ps(_mm512_set1_ps(88.0), x);
+    use lstm_core::exp::{LN2_HI, LN2_LO, MAX_X, MIN_X, POLY, ROUNDER};
+    // Selects as in the reference: a NaN passes both (MAXPS/MINPS return their second operand).
+    let x = _mm512_max_ps(_mm512_set1_ps(MIN_X), x_in);
+    let x = _mm512_min_ps(_mm512_set1_ps(MAX_X), x);
     let shifted = _mm512_add_ps(_mm512_mul_ps(x, _mm512_set1_ps(core::f32::consts::LOG2_E)), _mm512_set1_ps(ROUNDER));
     let n = _mm512_sub_ps(shifted, _mm512_set1_ps(ROUNDER));
-    let r = _mm512_add_ps(_mm512_mul_ps(n, _mm512_set1_ps(-0.693_359_4)), x);
-    let r = _mm512_add_ps(_mm512_mul_ps(n, _mm512_set1_ps(2.121_944_4e-4)), r);
-    let mut p = _mm512_set1_ps(1.987_569_1e-4);
-    for c in [1.398_199_9e-3, 8.333_452e-3, 4.166_579_6e-2, 1.666_666_5e-1, 0.5] {
+    let r = _mm512_add_ps(_mm512_mul_ps(n, _mm512_set1_ps(-LN2_HI)), x);
+    let r = _mm512_add_ps(_mm512_mul_ps(n, _mm512_set1_ps(-LN2_LO)), r);
+    let mut p = _mm512_set1_ps(POLY[0]);
+    for &c in &POLY[1..] {
         p = _mm512_add_ps(_mm512_mul_ps(p, r), _mm512_set1_ps(c));
     }
     let y = _mm512_add_ps(_mm512_add_ps(_mm512_mul_ps(p, _mm512_mul_ps(r, r)), r), _mm512_set1_ps(1.0));
-    let keep = _mm512_cmp_ps_mask::<_CMP_NLT_UQ>(x_in, _mm512_set1_ps(-87.336_55));
+    // Zero below MIN_X (NaN kept: "not less than" is true for it), else y·2ⁿ.
+    let keep = _mm512_cmp_ps_mask::<_CMP_NLT_UQ>(x_in, _mm512_set1_ps(MIN_X));
     _mm512_maskz_scalef_ps(keep, y, n)
 }
 
