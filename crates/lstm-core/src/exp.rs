@@ -67,12 +67,13 @@ fn larger(a: f32, b: f32) -> f32 {
 
 /// Independent partial results per reduction: several vector registers of work in flight, so
 /// the passes run at the machine's throughput rather than at one add's latency (32 measured
-/// 25% faster than 16 for the loss-only pass on the AVX-512 host).
-const LANES: usize = 32;
+/// 25% faster than 16 for the loss-only pass on the AVX-512 host). Public, with
+/// [`fold_lanes`], for a host's vector version of these passes, which must sum in this order.
+pub const LANES: usize = 32;
 
 /// The fixed reduction tree over the lanes.
 #[inline(always)]
-fn fold_lanes(l: &[f32; LANES]) -> f32 {
+pub fn fold_lanes(l: &[f32; LANES]) -> f32 {
     let mut v = *l;
     let mut n = LANES;
     while n > 1 {

@@ -101,19 +101,12 @@ impl Avx512 {
     /// instruction where the compiler's own vectorisation of the reference uses 8.
     pub fn exp_of_sums_shifted_sum(self, values: &mut [f32], offsets: &[f32], shift: f32) -> f32 {
         let n = values.len().min(offsets.len());
-        let full = n / 32 * 32;
-        let mut lanes = [0.0f32; 32];
+        let full = n / LANES * LANES;
+        let mut lanes = [0.0f32; LANES];
         // SAFETY: AVX-512F was detected (`self` exists); the function reads and writes
         // `values[..full]` and reads `offsets[..full]`, both at least `full` long.
         unsafe { exp_of_sums_avx512(values.as_mut_ptr(), offsets.as_ptr(), full, shift, &mut lanes) };
-        let mut width = 32;
-        while width > 1 {
-            width /= 2;
-            for i in 0..width {
-                lanes[i] += lanes[i + width];
-            }
-        }
-        let mut total = lanes[0];
+        let mut total = lstm_core::exp::fold_lanes(&lanes);
         for (v, b) in values[full..n].iter_mut().zip(&offsets[full..n]) {
             *v = lstm_core::exp::exp(*v + b - shift);
             total += *v;
@@ -125,8 +118,8 @@ impl Avx512 {
     /// its fold and tail).
     pub fn max_of_sums(self, a: &[f32], b: &[f32]) -> f32 {
         let n = a.len().min(b.len());
-        let full = n / 32 * 32;
-        let mut lanes = [f32::NEG_INFINITY; 32];
+        let full = n / LANES * LANES;
+        let mut lanes = [f32::NEG_INFINITY; LANES];
         // SAFETY: AVX-512F was detected; `a` and `b` hold at least `full` floats.
         unsafe { max_of_sums_avx512(a.as_ptr(), b.as_ptr(), full, &mut lanes) };
         let best = lanes.iter().copied().fold(f32::NEG_INFINITY, f32::max);
@@ -160,6 +153,10 @@ impl Avx512 {
     }
 }
 
+/// The reference's partial sums per pass: two 16-lane registers.
+const LANES: usize = lstm_core::exp::LANES;
+const _: () = assert!(LANES == 32, "the passes below keep the reference's partial sums in two registers");
+
 /// `lstm_core::exp::exp` on 16 lanes: each step the reference's own operation (a multiply and
 /// an add, never fused), except that `y·2ⁿ` is one `vscalefps` instead of building `2ⁿ` in the
 /// exponent bits and multiplying: both round the exact product once, and `n` stays in
@@ -187,7 +184,7 @@ fn exp16(x_in: __m512) -> __m512 {
 /// # Safety
 /// AVX-512F must be available; `values` and `offsets` must hold `full` floats (a multiple of 32).
 #[target_feature(enable = "avx512f")]
-unsafe fn exp_of_sums_avx512(values: *mut f32, offsets: *const f32, full: usize, shift: f32, lanes: &mut [f32; 32]) {
+unsafe fn exp_of_sums_avx512(values: *mut f32, offsets: *const f32, full: usize, shift: f32, lanes: &mut [f32; LANES]) {
     let shift = _mm512_set1_ps(shift);
     let (mut lo, mut hi) = (_mm512_setzero_ps(), _mm512_setzero_ps());
     for at in (0..full).step_by(32) {
@@ -216,7 +213,7 @@ unsafe fn exp_of_sums_avx512(values: *mut f32, offsets: *const f32, full: usize,
 /// # Safety
 /// AVX-512F must be available; `a` and `b` must hold `full` floats (a multiple of 32).
 #[target_feature(enable = "avx512f")]
-unsafe fn max_of_sums_avx512(a: *const f32, b: *const f32, full: usize, lanes: &mut [f32; 32]) {
+unsafe fn max_of_sums_avx512(a: *const f32, b: *const f32, full: usize, lanes: &mut [f32; LANES]) {
     let (mut lo, mut hi) = (_mm512_set1_ps(f32::NEG_INFINITY), _mm512_set1_ps(f32::NEG_INFINITY));
     for at in (0..full).step_by(32) {
         // SAFETY: at + 32 ≤ full (caller's bounds). `max(v, l)` is the reference's
