@@ -269,6 +269,23 @@ impl<S: AsRef<[f32]> + AsMut<[f32]>> Lstm<S> {
         dx: &mut [f32],
     ) -> Result<(), Error> {
         self.check_weights(w)?;
+        check_grads(grads, self.input, self.hidden)?;
+        self.backward_data(gemm, w, x, dh_out, dx)?.add_to(gemm, grads)
+    }
+
+    /// The part of [`Self::backward`] that the layer below waits for: the recurrence back
+    /// through every step and the input gradient `dx`. The weight gradients are returned as
+    /// work still to do, which a caller may run beside the next layer's recurrence (a chain of
+    /// small products that leaves threads idle). Consumes the tape.
+    pub fn backward_data<'s>(
+        &'s mut self,
+        gemm: &impl Gemm,
+        w: &LstmWeights<'_>,
+        x: &'s [f32],
+        dh_out: &[f32],
+        dx: &mut [f32],
+    ) -> Result<PendingWeightGrads<'s>, Error> {
+        self.check_weights(w)?;
         if !self.tape {
             return Err(Error::NoTape);
         }
@@ -277,9 +294,6 @@ impl<S: AsRef<[f32]> + AsMut<[f32]>> Lstm<S> {
         check_len("lstm input", x.len(), steps * n * d)?;
         check_len("lstm output gradient", dh_out.len(), steps * nh)?;
         check_len("lstm input gradient", dx.len(), steps * n * d)?;
-        check_len("lstm wx gradient", grads.wx.len(), d * g)?;
-        check_len("lstm wh gradient", grads.wh.len(), hd * g)?;
-        check_len("lstm bias gradient", grads.b.len(), g)?;
         self.tape = false;
         let p = self.parts();
         p.dh.fill(0.0);
@@ -303,13 +317,45 @@ impl<S: AsRef<[f32]> + AsMut<[f32]>> Lstm<S> {
                 wh_t.gemm(1.0, Mat::new(da_t, n, g), 0.0, p.dh);
             }
         });
-        let da = Mat::new(&p.gates[..steps * n * g], steps * n, g);
-        gemm.gemm(1.0, Mat::new(x, steps * n, d).t(), da, 1.0, grads.wx);
-        gemm.gemm(1.0, Mat::new(&p.h[..steps * nh], steps * n, hd).t(), da, 1.0, grads.wh);
-        for row in da.data().chunks_exact(g) {
+        let da = &p.gates[..steps * n * g];
+        gemm.gemm(1.0, Mat::new(da, steps * n, g), Mat::new(w.wx, d, g).t(), 0.0, dx);
+        Ok(PendingWeightGrads { x, h: &p.h[..steps * nh], da, rows: steps * n, input: d, hidden: hd })
+    }
+}
+
+fn check_grads(grads: &LstmGrads<'_>, input: usize, hidden: usize) -> Result<(), Error> {
+    let g = 4 * hidden;
+    check_len("lstm wx gradient", grads.wx.len(), input * g)?;
+    check_len("lstm wh gradient", grads.wh.len(), hidden * g)?;
+    check_len("lstm bias gradient", grads.b.len(), g)
+}
+
+/// The weight gradients of a backward pass whose recurrence [`Lstm::backward_data`] has run:
+/// products over all steps at once (`xᵀ·dA`, `hᵀ·dA`) and the bias' column sums.
+#[derive(Debug, Clone, Copy)]
+pub struct PendingWeightGrads<'a> {
+    /// The layer's input, `rows × D`.
+    x: &'a [f32],
+    /// The state each step started from, `rows × H`.
+    h: &'a [f32],
+    /// Gradient of the gates' pre-activations, `rows × 4H`.
+    da: &'a [f32],
+    rows: usize,
+    input: usize,
+    hidden: usize,
+}
+
+impl PendingWeightGrads<'_> {
+    /// Adds the weight gradients into `grads`.
+    pub fn add_to(&self, gemm: &impl Gemm, grads: &mut LstmGrads<'_>) -> Result<(), Error> {
+        check_grads(grads, self.input, self.hidden)?;
+        let (rows, d, hd, g) = (self.rows, self.input, self.hidden, 4 * self.hidden);
+        let da = Mat::new(self.da, rows, g);
+        gemm.gemm(1.0, Mat::new(self.x, rows, d).t(), da, 1.0, grads.wx);
+        gemm.gemm(1.0, Mat::new(self.h, rows, hd).t(), da, 1.0, grads.wh);
+        for row in self.da.chunks_exact(g) {
             grads.b.iter_mut().zip(row).for_each(|(a, b)| *a += b);
         }
-        gemm.gemm(1.0, da, Mat::new(w.wx, d, g).t(), 0.0, dx);
         Ok(())
     }
 }
@@ -320,6 +366,54 @@ mod tests {
     use crate::{NaiveGemm, Rng};
     use std::vec;
     use std::vec::Vec;
+
+    /// `backward_data` then `add_to` is `backward` bit for bit (weight gradients added onto
+    /// what the accumulators held, `dx`, the initial state's gradient); gradient buffers of the
+    /// wrong size are refused by both before anything is written, and `backward` keeps its tape.
+    #[test]
+    fn split_backward_equals_backward() {
+        let (d, h, n, t) = (5, 4, 3, 6);
+        let g = 4 * h;
+        let mut rng = Rng::new(11);
+        let mut random = |len: usize| -> Vec<f32> { (0..len).map(|_| rng.normal() * 0.5).collect() };
+        let (wx, wh, b) = (random(d * g), random(h * g), random(g));
+        let w = LstmWeights { wx: &wx, wh: &wh, b: &b };
+        let (x, dh) = (random(t * n * d), random(t * n * h));
+        let start = (random(d * g), random(h * g), random(g));
+        let run = |split: bool| {
+            let mut layer = Lstm::new(d, h, n, t, true, vec![0.0; Lstm::<Vec<f32>>::storage_len(h, n, t)]).unwrap();
+            layer.forward(&NaiveGemm, &w, &x, t).unwrap();
+            let (mut gwx, mut gwh, mut gb) = start.clone();
+            let mut dx = vec![0.0; t * n * d];
+            let mut grads = LstmGrads { wx: &mut gwx, wh: &mut gwh, b: &mut gb };
+            if split {
+                let pending = layer.backward_data(&NaiveGemm, &w, &x, &dh, &mut dx).unwrap();
+                let mut short = vec![0.0; g - 1];
+                let mut bad = LstmGrads { wx: &mut vec![0.0; d * g], wh: &mut vec![0.0; h * g], b: &mut short };
+                assert_eq!(
+                    pending.add_to(&NaiveGemm, &mut bad),
+                    Err(Error::BufferLength { what: "lstm bias gradient", expected: g, actual: g - 1 })
+                );
+                assert!(bad.wx.iter().all(|&v| v == 0.0), "a refused add writes nothing");
+                pending.add_to(&NaiveGemm, &mut grads).unwrap();
+            } else {
+                let mut short = vec![0.0; h * g - 1];
+                let mut bad = LstmGrads { wx: &mut vec![0.0; d * g], wh: &mut short, b: &mut vec![0.0; g] };
+                let refused = layer.backward(&NaiveGemm, &w, &x, &dh, &mut bad, &mut dx);
+                assert_eq!(
+                    refused,
+                    Err(Error::BufferLength { what: "lstm wh gradient", expected: h * g, actual: h * g - 1 })
+                );
+                assert!(layer.gates(0).is_some(), "a refused backward keeps the tape");
+                layer.backward(&NaiveGemm, &w, &x, &dh, &mut grads, &mut dx).unwrap();
+            }
+            let (dh0, dc0) = layer.first_state_grad();
+            (gwx, gwh, gb, dx, dh0.to_vec(), dc0.to_vec())
+        };
+        let whole = run(false);
+        assert_eq!(run(true), whole);
+        assert_ne!(whole.0, start.0, "the weight gradients were added");
+    }
 
     /// `forward_projected` handed `x·Wx` gives `forward`'s outputs bit for bit, call after call
     /// with the state carried; a projection that fails changes nothing (the state the next

@@ -44,7 +44,7 @@ pub use format::{FormatError, QuantModel};
 pub use gemm::{FixedRhsGemm, Gemm, Mat, NaiveGemm};
 /// Re-exported so callers build `format::Payload` with the same `heapless` version.
 pub use heapless;
-pub use layer::{Lstm, LstmGrads, LstmWeights};
+pub use layer::{Lstm, LstmGrads, LstmWeights, PendingWeightGrads};
 pub use predictor::{Candidate, PredictError, Predictor};
 pub use rng::Rng;
 

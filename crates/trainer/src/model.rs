@@ -20,7 +20,7 @@ use lstm_core::softmax::{
     PartialLogSumExp, check_targets, cross_entropy_sum_biased, cross_entropy_sum_biased_with,
     softmax_cross_entropy_biased_by,
 };
-use lstm_core::{Gemm, Lstm, LstmGrads, LstmWeights, Mat, Rng};
+use lstm_core::{Gemm, Lstm, LstmGrads, LstmWeights, Mat, PendingWeightGrads, Rng};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use std::ops::Range;
@@ -350,17 +350,38 @@ struct LstmBackward<'a> {
 impl LstmBackward<'_> {
     /// `grads`: the parameter gradient from `offset` on (where the LSTM layers start).
     fn run(self, params: &[f32], grads: &mut [f32], offset: usize) -> Result<(), lstm_core::Error> {
-        for l in (0..self.layers.len()).rev() {
-            self.dropout.backward(self.grad_a, &self.masks[l + 1]);
-            let w = self.layout.lstm_weights(params, l);
-            let [rwx, rwh, rb] = self.layout.lstm[l].clone().map(|r| r.start - offset..r.end - offset);
-            let (lo, hi) = grads.split_at_mut(rwh.start);
-            let (wh_part, b_part) = hi.split_at_mut(rb.start - rwh.start);
-            let mut g = LstmGrads { wx: &mut lo[rwx], wh: wh_part, b: &mut b_part[..rb.len()] };
-            self.layers[l].backward(&self.gemm, &w, &self.inputs[l], self.grad_a, &mut g, self.grad_b)?;
-            std::mem::swap(self.grad_a, self.grad_b);
+        let LstmBackward { layout, gemm, layers, inputs, masks, grad_a, grad_b, dropout } = self;
+        debug_assert_eq!(layout.lstm.first().map(|r| r[0].start), Some(offset));
+        let mut layer_grads = Vec::with_capacity(layers.len());
+        let mut rest = grads;
+        for [wx, wh, b] in &layout.lstm {
+            let (g_wx, tail) = std::mem::take(&mut rest).split_at_mut(wx.len());
+            let (g_wh, tail) = tail.split_at_mut(wh.len());
+            let (g_b, tail) = tail.split_at_mut(b.len());
+            rest = tail;
+            layer_grads.push(LstmGrads { wx: g_wx, wh: g_wh, b: g_b });
         }
-        Ok(())
+        // Layer `l`'s weight gradients (`xᵀ·dA`, `hᵀ·dA`: big products nothing below waits for)
+        // run beside layer `l − 1`'s recurrence, a chain of small products that leaves a thread
+        // mostly idle; only the input gradient `dx` is on the way down. Same-process A/B against
+        // running them in turn: `book` +7.3%, +2.6%, +1.5% (three runs on a busy machine),
+        // `small` +3.0%, `embedded` +3.0%. The same products, so the same bits.
+        let mut pending: Option<(PendingWeightGrads<'_>, LstmGrads<'_>)> = None;
+        let mut below = layers;
+        while let Some((layer, rest)) = std::mem::take(&mut below).split_last_mut() {
+            below = rest;
+            let l = below.len();
+            dropout.backward(grad_a, &masks[l + 1]);
+            let w = layout.lstm_weights(params, l);
+            let previous = pending.take();
+            let add_pending = move || previous.map_or(Ok(()), |(work, mut g)| work.add_to(&gemm, &mut g));
+            let (added, data) = rayon::join(add_pending, || layer.backward_data(&gemm, &w, &inputs[l], grad_a, grad_b));
+            added?;
+            let g = layer_grads.pop().expect("one gradient view per layer");
+            pending = Some((data?, g));
+            std::mem::swap(grad_a, grad_b);
+        }
+        pending.map_or(Ok(()), |(work, mut g)| work.add_to(&gemm, &mut g))
     }
 }
 
