@@ -364,8 +364,8 @@ impl LstmBackward<'_> {
         // Layer `l`'s weight gradients (`xᵀ·dA`, `hᵀ·dA`: big products nothing below waits for)
         // run beside layer `l − 1`'s recurrence, a chain of small products that leaves a thread
         // mostly idle; only the input gradient `dx` is on the way down. Same-process A/B against
-        // running them in turn: `book` +7.3%, +2.6%, +1.5% (three runs on a busy machine),
-        // `small` +3.0%, `embedded` +3.0%. The same products, so the same bits.
+        // running them in turn, on a busy machine: `book` +7.3%, +2.6%, +1.5%, +0.9%; `small`
+        // +3.0%, −1.4%, +0.3%; `embedded` +3.0%, +4.5%. The same products, so the same bits.
         let mut pending: Option<(PendingWeightGrads<'_>, LstmGrads<'_>)> = None;
         let mut below = layers;
         while let Some((layer, rest)) = std::mem::take(&mut below).split_last_mut() {
