@@ -367,21 +367,42 @@ mod tests {
     use std::vec;
     use std::vec::Vec;
 
+    /// Sizes of the layers under test: D, H, N, T.
+    const D: usize = 5;
+    const H: usize = 4;
+    const N: usize = 3;
+    const T: usize = 6;
+
+    /// `len` values of N(0, 0.25).
+    fn random(rng: &mut Rng, len: usize) -> Vec<f32> {
+        (0..len).map(|_| rng.normal() * 0.5).collect()
+    }
+
+    /// `Wx`, `Wh`, `b` of a test layer.
+    type Weights = (Vec<f32>, Vec<f32>, Vec<f32>);
+
+    /// Random weights and a stateful layer of the test sizes.
+    fn setup(rng: &mut Rng) -> (Weights, Lstm<Vec<f32>>) {
+        let g = 4 * H;
+        let weights = (random(rng, D * g), random(rng, H * g), random(rng, g));
+        let layer = Lstm::new(D, H, N, T, true, vec![0.0; Lstm::<Vec<f32>>::storage_len(H, N, T)]).unwrap();
+        (weights, layer)
+    }
+
     /// `backward_data` then `add_to` is `backward` bit for bit (weight gradients added onto
     /// what the accumulators held, `dx`, the initial state's gradient); gradient buffers of the
     /// wrong size are refused by both before anything is written, and `backward` keeps its tape.
     #[test]
     fn split_backward_equals_backward() {
-        let (d, h, n, t) = (5, 4, 3, 6);
+        let (d, h, n, t) = (D, H, N, T);
         let g = 4 * h;
         let mut rng = Rng::new(11);
-        let mut random = |len: usize| -> Vec<f32> { (0..len).map(|_| rng.normal() * 0.5).collect() };
-        let (wx, wh, b) = (random(d * g), random(h * g), random(g));
+        let ((wx, wh, b), fresh) = setup(&mut rng);
         let w = LstmWeights { wx: &wx, wh: &wh, b: &b };
-        let (x, dh) = (random(t * n * d), random(t * n * h));
-        let start = (random(d * g), random(h * g), random(g));
+        let (x, dh) = (random(&mut rng, t * n * d), random(&mut rng, t * n * h));
+        let start = (random(&mut rng, d * g), random(&mut rng, h * g), random(&mut rng, g));
         let run = |split: bool| {
-            let mut layer = Lstm::new(d, h, n, t, true, vec![0.0; Lstm::<Vec<f32>>::storage_len(h, n, t)]).unwrap();
+            let mut layer = fresh.clone();
             layer.forward(&NaiveGemm, &w, &x, t).unwrap();
             let (mut gwx, mut gwh, mut gb) = start.clone();
             let mut dx = vec![0.0; t * n * d];
@@ -420,14 +441,13 @@ mod tests {
     /// call carries, the outputs) and leaves no tape for `backward`.
     #[test]
     fn projected_forward_equals_forward() {
-        let (d, h, n, t) = (5, 4, 3, 6);
+        let (d, h, n, t) = (D, H, N, T);
         let g = 4 * h;
         let mut rng = Rng::new(3);
-        let mut random = |len: usize| -> Vec<f32> { (0..len).map(|_| rng.normal() * 0.5).collect() };
-        let (wx, wh, b) = (random(d * g), random(h * g), random(g));
+        let ((wx, wh, b), fresh) = setup(&mut rng);
         let w = LstmWeights { wx: &wx, wh: &wh, b: &b };
-        let inputs: Vec<Vec<f32>> = (0..3).map(|_| random(t * n * d)).collect();
-        let layer = || Lstm::new(d, h, n, t, true, vec![0.0; Lstm::<Vec<f32>>::storage_len(h, n, t)]).unwrap();
+        let inputs: Vec<Vec<f32>> = (0..3).map(|_| random(&mut rng, t * n * d)).collect();
+        let layer = || fresh.clone();
         let (mut plain, mut projected) = (layer(), layer());
         let wx = &wx;
         let project = |x: &[f32]| {
