@@ -113,8 +113,15 @@ fn memory_line(lines: &[String]) -> std::collections::HashMap<String, u64> {
         .collect()
 }
 
-/// `host predict --exact --top 5` of `model` on the lines of `prompts`.
-fn host_predict(model: &Path, prompts: &Path) -> Vec<String> {
+/// Builds the QEMU firmware around `model` and `prompts`, runs it on mps2-an386 and requires
+/// its top-5 lines to be `host predict --exact --top 5`'s, bit for bit (`what`: the model, for
+/// the failure message).
+fn assert_device_matches_host(model: &Path, prompts: &Path, what: &str) {
+    let elf = build_firmware("qemu", model, prompts);
+    let (code, lines) = run_qemu("mps2-an386", &elf);
+    assert_eq!(code, 0, "firmware failed on {what}:\n{}", lines.join("\n"));
+    assert!(lines.iter().any(|l| l.ends_with("done")), "{what}: {lines:#?}");
+    let device = machine_lines(&lines);
     let host = Command::new(env!("CARGO"))
         .current_dir(repo())
         .args(["run", "--release", "-q", "-p", "host", "--", "predict", "--exact", "--top", "5", "--model"])
@@ -123,7 +130,9 @@ fn host_predict(model: &Path, prompts: &Path) -> Vec<String> {
         .output()
         .unwrap();
     assert!(host.status.success(), "{}", String::from_utf8_lossy(&host.stderr));
-    String::from_utf8_lossy(&host.stdout).lines().map(str::to_string).collect()
+    let host_lines: Vec<String> = String::from_utf8_lossy(&host.stdout).lines().map(str::to_string).collect();
+    assert_eq!(device.len(), 4 * (5 + 8), "{what}: {device:#?}");
+    assert_eq!(device, host_lines, "firmware and host predict differ on {what}");
 }
 
 #[test]
@@ -145,14 +154,7 @@ fn firmware_under_qemu() {
     std::fs::write(&prompts, "the cat\na dog sells\nmr. smith likes the\nthe zebra\n").unwrap();
 
     // Firmware on mps2-an386 vs host predict.
-    let elf = build_firmware("qemu", &model, &prompts);
-    let (code, lines) = run_qemu("mps2-an386", &elf);
-    assert_eq!(code, 0, "firmware failed:\n{}", lines.join("\n"));
-    assert!(lines.iter().any(|l| l.ends_with("done")));
-    let device = machine_lines(&lines);
-    let host_lines = host_predict(&model, &prompts);
-    assert_eq!(device.len(), 4 * (5 + 8), "{device:#?}");
-    assert_eq!(device, host_lines, "firmware and host predict differ");
+    assert_device_matches_host(&model, &prompts, "the trained toy model");
 
     // The same model with every logit positive: its output bias raised by 100 nats (25,600
     // integer steps; softmax does not change). The device's top-1 / log-probability scan starts
@@ -166,13 +168,7 @@ fn firmware_under_qemu() {
     let (shifted_bytes, _) = trainer::export::export_int8(&shifted).unwrap();
     let positive = tmp.path().join("positive.lmq8");
     std::fs::write(&positive, &shifted_bytes).unwrap();
-    let elf = build_firmware("qemu", &positive, &prompts);
-    let (code, lines) = run_qemu("mps2-an386", &elf);
-    assert_eq!(code, 0, "firmware failed:\n{}", lines.join("\n"));
-    let device = machine_lines(&lines);
-    let host = host_predict(&positive, &prompts);
-    assert_eq!(device.len(), 4 * (5 + 8), "{device:#?}");
-    assert_eq!(device, host, "firmware and host predict differ on a model whose logits are all positive");
+    assert_device_matches_host(&positive, &prompts, "a model whose logits are all positive");
 
     // A damaged model builds but is refused at boot with an error and a non-zero exit.
     let mut damaged = bytes.clone();
