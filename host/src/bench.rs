@@ -45,6 +45,20 @@ pub enum BenchCommand {
         #[arg(long)]
         threads: Option<usize>,
     },
+    /// Training steps of a preset alternated, in one process, between two GEMM backends
+    /// (`amx` and `avx512` unless told): the ratio of each pair, seconds apart, travels where
+    /// whole runs minutes apart do not.
+    Backends {
+        /// Preset to measure.
+        #[arg(long, default_value = "book")]
+        preset: String,
+        /// Vocabulary size (PTB: 10000).
+        #[arg(long, default_value_t = 10_000)]
+        vocab: usize,
+        /// Timed pairs of steps.
+        #[arg(long, default_value_t = 30)]
+        pairs: usize,
+    },
     /// Latency per token of the int8 predictor (feed + top-5), next to the f32 model
     /// evaluated one token at a time in the same run.
     Predict {
@@ -58,6 +72,64 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 2000)]
         tokens: usize,
     },
+}
+
+/// See [`BenchCommand::Backends`]: pairs in alternating order (ABBA), the median and quartiles
+/// of the pairs' ratios.
+fn bench_backends(preset: &str, vocab: usize, pairs: usize) -> Result<(), String> {
+    let cfg = Config::preset(preset).map_err(|e| e.to_string())?;
+    let layout = Layout::new(Dims { vocab, dim: cfg.dim, layers: cfg.layers });
+    let gemms: Vec<FastGemm> = [Backend::AmxBf16x3, Backend::Avx512]
+        .into_iter()
+        .filter_map(|b| FastGemm::all_threads().with_backend(b))
+        .collect();
+    if gemms.len() < 2 {
+        return Err("this CPU runs only one of the AMX and AVX-512 backends: nothing to compare".into());
+    }
+    let mut rng = Rng::new(1);
+    let mut params = init_params(&layout, &mut rng);
+    let rows = cfg.batch * cfg.time;
+    let ids: Vec<u32> = (0..rows).map(|_| (rng.next_u64() % vocab as u64) as u32).collect();
+    let targets: Vec<u32> = (0..rows).map(|_| (rng.next_u64() % vocab as u64) as u32).collect();
+    let mut workspaces: Vec<Workspace> =
+        gemms.iter().map(|&g| Workspace::new(&layout, cfg.batch, cfg.time, g)).collect();
+    let dropout = lstm_core::dropout::Dropout { p: cfg.dropout };
+    let step = |ws: &mut Workspace, params: &mut Vec<f32>, rng: &mut Rng| -> Result<f64, String> {
+        let t = Instant::now();
+        ws.train_step(params, &ids, &targets, dropout, rng).map_err(|e| e.to_string())?;
+        trainer::update::clip_and_step(params, &ws.grads, cfg.max_grad, 0.1);
+        Ok(t.elapsed().as_secs_f64())
+    };
+    for ws in &mut workspaces {
+        step(ws, &mut params, &mut rng)?; // warm-up: buffers touched, operands packed once
+    }
+    let mut ratios = Vec::with_capacity(pairs);
+    let mut seconds = [0.0f64; 2];
+    for pair in 0..pairs {
+        let order = if pair % 2 == 0 { [0, 1] } else { [1, 0] };
+        let mut t = [0.0f64; 2];
+        for w in order {
+            t[w] = step(&mut workspaces[w], &mut params, &mut rng)?;
+            seconds[w] += t[w];
+        }
+        ratios.push(t[1] / t[0]);
+    }
+    ratios.sort_by(f64::total_cmp);
+    let at = |q: usize| ratios[(q * (pairs - 1)) / 4];
+    let tokens = rows as f64 * pairs as f64;
+    outln!("preset {preset}: {pairs} pairs of training steps, threads={}", rayon::current_num_threads())?;
+    for (g, s) in gemms.iter().zip(seconds) {
+        outln!("{:>26}: {:>7.0} tokens/s (mean)", g.backend().name(), tokens / s)?;
+    }
+    outln!(
+        "speed {} ÷ {}: median of pairs {:.3} (quartiles {:.3}–{:.3})",
+        gemms[0].backend().name(),
+        gemms[1].backend().name(),
+        at(2),
+        at(1),
+        at(3)
+    )?;
+    Ok(())
 }
 
 fn bench_predict(
@@ -177,8 +249,10 @@ fn bench_gemm(preset: &str, vocab: usize) -> Result<(), String> {
     ];
     // The k-block a training workspace of this width uses.
     let base = FastGemm::all_threads().with_k_block(trainer::model::k_block_for(d));
-    let backends: Vec<FastGemm> =
-        [Backend::Avx512, Backend::Nalgebra].into_iter().filter_map(|b| base.with_backend(b)).collect();
+    let backends: Vec<FastGemm> = [Backend::AmxBf16x3, Backend::Avx512, Backend::Nalgebra]
+        .into_iter()
+        .filter_map(|b| base.with_backend(b))
+        .collect();
     outln!(
         "preset {preset}: GFLOP/s per product (best of 5 interleaved runs), threads={}",
         rayon::current_num_threads()
@@ -209,6 +283,7 @@ pub fn run(cmd: BenchCommand) -> Result<(), String> {
             }
             bench_gemm(&preset, vocab)
         }
+        BenchCommand::Backends { preset, vocab, pairs } => bench_backends(&preset, vocab, pairs.max(1)),
         BenchCommand::Train { preset, vocab, iters, threads, profile } => {
             if let Some(n) = threads {
                 rayon::ThreadPoolBuilder::new().num_threads(n).build_global().map_err(|e| e.to_string())?;

@@ -21,7 +21,7 @@ fn evaluation_reads_every_lstm_weight_from_its_packed_copy() {
     assert!(first.is_finite() && second.is_finite());
     // x·Wx (but the first layer's, read from its table of E·Wx) and the recurrent Wh of each
     // layer, per batch; other backends pack nothing.
-    let expected = if gemm.backend() == Backend::Avx512 { 2 * (2 * dims.layers - 1) } else { 0 };
+    let expected = if gemm.backend() != Backend::Nalgebra { 2 * (2 * dims.layers - 1) } else { 0 };
     assert_eq!(eval.prepared_hits(), expected);
 
     // The same sums as a fresh workspace evaluating batch by batch.
@@ -61,7 +61,7 @@ fn pipelined_evaluation_equals_the_whole_batch_forward() {
         let want = mean * (batch * time) as f64;
         assert!((got - want).abs() <= 1e-6 * want.abs(), "batch {i}: {got} vs {want}");
     }
-    let expected = if gemm.backend() == Backend::Avx512 { (2 * dims.layers - 1) * chunks * batches.len() } else { 0 };
+    let expected = if gemm.backend() != Backend::Nalgebra { (2 * dims.layers - 1) * chunks * batches.len() } else { 0 };
     assert_eq!(eval.prepared_hits(), expected);
 }
 
@@ -96,7 +96,10 @@ fn evaluation_by_vocabulary_pieces_equals_whole_rows() {
         let want = mean * (batch * time) as f64;
         let uniform = (vocab as f64).ln();
         assert!((mean - uniform).abs() > 1.0, "batch {i}: the scores must spread ({mean} vs {uniform})");
-        assert!((got - want).abs() <= 1e-6 * want.abs(), "batch {i}: {got} vs {want}");
+        // The AMX backend's products keep 16 significand bits per operand (bf16x3): these
+        // saturated, widely spread scores come out within ~2e-5 of the f32 kernel's, while a
+        // piece lost or merged twice moves the loss by whole units.
+        assert!((got - want).abs() <= 1e-4 * want.abs(), "batch {i}: {got} vs {want}");
     }
     let mut bad = targets.clone();
     bad[5] = vocab as u32;

@@ -7,6 +7,10 @@
 //! bit-reproducible on a given machine.
 
 #[cfg(target_arch = "x86_64")]
+mod amx;
+#[cfg(target_arch = "x86_64")]
+mod amx_packed;
+#[cfg(target_arch = "x86_64")]
 mod avx512;
 #[cfg(target_arch = "x86_64")]
 mod packed;
@@ -20,6 +24,26 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 const MIN_PIECE_ROWS: usize = 500;
 /// Pieces per thread for such products.
 const PIECES_PER_THREAD: usize = 4;
+
+/// Products with fewer rows stay on the AVX-512 kernel on the AMX backend: a recurrent step
+/// (20 rows) fills 20 of a tile's 32, and its columns are split between both cores, which
+/// share one tile unit's throughput on this machine.
+const AMX_MIN_ROWS: usize = 128;
+/// Nor do products whose inner dimension or width is below these (a tile step is 32 values
+/// of `k`, a tile 32 columns): the `tiny` preset (D = 16) trained at a third of its AVX-512
+/// speed on AMX.
+const AMX_MIN_INNER: usize = 64;
+const AMX_MIN_COLS: usize = 32;
+
+/// Whether the AMX kernel takes a product of this shape (see `AMX_MIN_ROWS`).
+fn amx_shape(m: usize, n: usize, k: usize) -> bool {
+    m >= AMX_MIN_ROWS && amx_operand(k, n)
+}
+
+/// Whether a right operand of `k × n` is worth packing for the AMX kernel.
+fn amx_operand(k: usize, n: usize) -> bool {
+    k >= AMX_MIN_INNER && n >= AMX_MIN_COLS
+}
 
 /// Below this many multiply-adds a product is not worth splitting.
 pub const MIN_PARALLEL_WORK: usize = 1 << 22;
@@ -37,6 +61,10 @@ const SMALL_DIM: usize = 5;
 /// Which kernel computes the products.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
+    /// Our cache-blocked GEMM with the AMX tile micro-kernel, each f32 operand split into two
+    /// bfloat16 parts (three tile products per product: 16 of f32's 24 significand bits per
+    /// operand, f32 sums). Products with `alpha ≠ 1` or `beta ∉ {0, 1}` run on [`Backend::Avx512`].
+    AmxBf16x3,
     /// Our cache-blocked GEMM with the AVX-512 micro-kernel.
     Avx512,
     /// nalgebra → `matrixmultiply` (its own packed kernels: 512-bit where the CPU has them,
@@ -45,28 +73,36 @@ pub enum Backend {
 }
 
 impl Backend {
-    /// The fastest backend this CPU runs, unless the environment variable
-    /// `LSTM_GEMM=matrixmultiply` asks for the portable one (to compare the two on one machine).
+    /// The fastest backend this CPU runs, unless the environment variable `LSTM_GEMM` names
+    /// another (`avx512`, `matrixmultiply`: to compare them on one machine).
     pub fn best() -> Backend {
-        #[cfg(target_arch = "x86_64")]
-        if avx512::Avx512::detect().is_some() && std::env::var("LSTM_GEMM").as_deref() != Ok("matrixmultiply") {
-            return Backend::Avx512;
+        let asked = std::env::var("LSTM_GEMM");
+        let asked = asked.as_deref().unwrap_or("");
+        for backend in [Backend::AmxBf16x3, Backend::Avx512] {
+            if backend.available()
+                && !(asked == "matrixmultiply" || (asked == "avx512" && backend == Backend::AmxBf16x3))
+            {
+                return backend;
+            }
         }
         Backend::Nalgebra
     }
 
-    /// Whether this CPU runs the AVX-512 kernel.
-    fn avx512_available() -> bool {
+    /// Whether this CPU runs `self`.
+    pub fn available(self) -> bool {
         #[cfg(target_arch = "x86_64")]
-        if avx512::Avx512::detect().is_some() {
-            return true;
+        match self {
+            Backend::AmxBf16x3 => return amx::Amx::detect().is_some() && avx512::Avx512::detect().is_some(),
+            Backend::Avx512 => return avx512::Avx512::detect().is_some(),
+            Backend::Nalgebra => {}
         }
-        false
+        self == Backend::Nalgebra
     }
 
     /// Short name for reports.
     pub fn name(self) -> &'static str {
         match self {
+            Backend::AmxBf16x3 => "amx bf16x3 (own kernel)",
             Backend::Avx512 => "avx512 (own kernel)",
             Backend::Nalgebra => "matrixmultiply",
         }
@@ -102,10 +138,7 @@ impl FastGemm {
 
     /// The same GEMM on `backend`, or `None` when this CPU cannot run it.
     pub fn with_backend(self, backend: Backend) -> Option<FastGemm> {
-        match backend {
-            Backend::Nalgebra => Some(FastGemm { backend, ..self }),
-            Backend::Avx512 => Backend::avx512_available().then_some(FastGemm { backend, ..self }),
-        }
+        backend.available().then_some(FastGemm { backend, ..self })
     }
 
     /// The backend in use.
@@ -113,19 +146,52 @@ impl FastGemm {
         self.backend
     }
 
-    /// The AVX-512 kernel, when that is the backend in use.
+    /// The AVX-512 kernel, when the backend in use is one of ours (the AMX one uses it for
+    /// the products it does not take, and for the softmax passes).
     #[cfg(target_arch = "x86_64")]
     fn avx512_kernel(&self) -> Option<avx512::Avx512> {
-        (self.backend == Backend::Avx512)
-            .then(|| avx512::Avx512::detect().expect("Backend::Avx512 is only chosen on AVX-512 CPUs"))
+        matches!(self.backend, Backend::Avx512 | Backend::AmxBf16x3)
+            .then(|| avx512::Avx512::detect().expect("our backends are only chosen on AVX-512 CPUs"))
     }
 
-    /// Prepares `b` for many single-threaded products [`FastGemm::gemm_prepared`] (packs it
-    /// once on the AVX-512 backend; nothing to do on the others).
+    /// The micro-kernel for `alpha·A·B + beta·C`: AMX where the backend is AMX and the
+    /// product one it takes, AVX-512 on our other backend.
+    #[cfg(target_arch = "x86_64")]
+    fn kernel(&self, alpha: f32, beta: f32, a: &Mat<'_>, n: usize) -> Option<Kernel> {
+        let avx512 = self.avx512_kernel()?;
+        let amx_product = amx_packed::handles(alpha, beta) && amx_shape(a.rows(), n, a.cols());
+        if self.backend == Backend::AmxBf16x3 && amx_product {
+            let amx = amx::Amx::detect().expect("Backend::AmxBf16x3 is only chosen on AMX CPUs");
+            return Some(Kernel::Bf16x3(amx));
+        }
+        Some(Kernel::F32(avx512, self.k_block))
+    }
+
+    /// `b` packed for the AVX-512 kernel, and for the AMX one too when that is the backend
+    /// and `amx` asks for it.
+    #[cfg(target_arch = "x86_64")]
+    fn pack(&self, b: &Mat<'_>, out: &mut Packed, f32: bool, amx: bool) {
+        out.f32_for = None;
+        out.bf16x3_for = None;
+        if let (true, Some(avx512)) = (f32, self.avx512_kernel()) {
+            out.f32.pack(&strided(b), self.k_block);
+            out.f32_for = Some(avx512);
+        }
+        if amx && self.backend == Backend::AmxBf16x3 && amx_operand(b.rows(), b.cols()) {
+            let amx = amx::Amx::detect().expect("Backend::AmxBf16x3 is only chosen on AMX CPUs");
+            out.bf16x3.pack(amx, &strided(b));
+            out.bf16x3_for = Some(amx);
+        }
+    }
+
+    /// Prepares `b` for many single-threaded products [`FastGemm::gemm_prepared`] with many
+    /// rows (the output layer's `N·T`): packs it once on our backends (for the AMX kernel on
+    /// the AMX backend); nothing to do on the others.
     pub fn prepare(&self, b: Mat<'_>, out: &mut PreparedB) {
         #[cfg(target_arch = "x86_64")]
-        if self.backend == Backend::Avx512 {
-            out.packed.pack(&strided(&b), self.k_block);
+        {
+            let amx = self.backend == Backend::AmxBf16x3 && amx_operand(b.rows(), b.cols());
+            self.pack(&b, &mut out.packed, !amx, amx);
         }
         out.shape = (b.rows(), b.cols());
     }
@@ -170,9 +236,9 @@ impl FastGemm {
             return;
         }
         #[cfg(target_arch = "x86_64")]
-        if let Some(kernel) = self.avx512_kernel() {
-            packed::gemm_prepacked(kernel, alpha, strided(&a), &prepared.packed, cols, beta, c);
-            return;
+        if let Some(kernel) = self.kernel(alpha, beta, &a, cols.len()) {
+            let (kernel, rhs) = prepared.packed.rhs(kernel, alpha, beta, &b, cols);
+            return leaf(kernel, alpha, strided(&a), rhs, beta, c);
         }
         let (m, w) = (a.rows(), cols.len());
         if m <= SMALL_DIM || w <= SMALL_DIM || a.cols() <= SMALL_DIM {
@@ -243,7 +309,7 @@ const _: () = assert!(FastGemm::COLUMN_ALIGN.is_multiple_of(avx512::NR));
 #[derive(Debug, Default)]
 pub struct PreparedB {
     #[cfg(target_arch = "x86_64")]
-    packed: packed::PackedB,
+    packed: Packed,
     shape: (usize, usize),
 }
 
@@ -282,12 +348,74 @@ fn split_gemm(alpha: f32, a: View<'_>, b: View<'_>, beta: f32, mut c: ViewMut<'_
     }
 }
 
+/// Which micro-kernel computes a product.
+#[cfg(target_arch = "x86_64")]
+#[derive(Debug, Clone, Copy)]
+enum Kernel {
+    /// AVX-512 f32, with k-blocks of this many steps.
+    F32(avx512::Avx512, usize),
+    /// AMX bf16x3 (`alpha = 1`, `beta` 0 or 1).
+    Bf16x3(amx::Amx),
+}
+
+#[cfg(target_arch = "x86_64")]
+impl Kernel {
+    /// Rows and columns of `C` per tile.
+    fn tile(self) -> (usize, usize) {
+        match self {
+            Kernel::F32(..) => (avx512::MR, avx512::NR),
+            Kernel::Bf16x3(_) => (amx::MR, amx::NR),
+        }
+    }
+}
+
+/// A right operand packed once, for the AVX-512 kernel, the AMX one or both (each with the
+/// proof that the CPU runs it). The buffers stay allocated between packings.
+#[cfg(target_arch = "x86_64")]
+#[derive(Debug, Default)]
+struct Packed {
+    f32: packed::PackedB,
+    f32_for: Option<avx512::Avx512>,
+    bf16x3: amx_packed::PackedB,
+    bf16x3_for: Option<amx::Amx>,
+}
+
+#[cfg(target_arch = "x86_64")]
+impl Packed {
+    /// The kernel and right operand for a product that would use `preferred`: its own packing
+    /// when there is one, else the other packing's kernel (so that an operand packed for one
+    /// kernel is not packed again on every product), else `b` itself. The choice depends on
+    /// the call alone, never on the threads.
+    fn rhs<'a>(
+        &'a self,
+        preferred: Kernel,
+        alpha: f32,
+        beta: f32,
+        b: &Mat<'a>,
+        cols: Range<usize>,
+    ) -> (Kernel, Rhs<'a>) {
+        let avx512_kernel = |k| match preferred {
+            Kernel::F32(_, k_block) => Kernel::F32(k, k_block),
+            Kernel::Bf16x3(_) => Kernel::F32(k, DEFAULT_K_BLOCK),
+        };
+        match (preferred, self.f32_for, self.bf16x3_for) {
+            (Kernel::Bf16x3(_), _, Some(amx)) => (Kernel::Bf16x3(amx), Rhs::Bf16x3(&self.bf16x3, cols)),
+            (_, Some(k), _) => (avx512_kernel(k), Rhs::F32(&self.f32, cols)),
+            (_, None, Some(amx)) if amx_packed::handles(alpha, beta) => {
+                (Kernel::Bf16x3(amx), Rhs::Bf16x3(&self.bf16x3, cols))
+            }
+            _ => (preferred, Rhs::Plain(strided(b).cols_range(cols))),
+        }
+    }
+}
+
 /// The right operand of a threaded product: a matrix, or columns `cols` of one packed in advance.
 #[cfg(target_arch = "x86_64")]
 #[derive(Clone)]
 enum Rhs<'a> {
     Plain(packed::Strided<'a>),
-    Packed(&'a packed::PackedB, std::ops::Range<usize>),
+    F32(&'a packed::PackedB, std::ops::Range<usize>),
+    Bf16x3(&'a amx_packed::PackedB, std::ops::Range<usize>),
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -295,17 +423,22 @@ impl Rhs<'_> {
     fn cols(&self) -> usize {
         match self {
             Rhs::Plain(b) => b.cols,
-            Rhs::Packed(_, cols) => cols.len(),
+            Rhs::F32(_, cols) | Rhs::Bf16x3(_, cols) => cols.len(),
         }
     }
 
     /// Columns `..mid` and `mid..` (`mid` a multiple of the tile width).
     fn split_columns(&self, mid: usize) -> (Self, Self) {
+        let at = |cols: &Range<usize>| (cols.start..cols.start + mid, cols.start + mid..cols.end);
         match self {
             Rhs::Plain(b) => (Rhs::Plain(b.cols_range(0..mid)), Rhs::Plain(b.cols_range(mid..b.cols))),
-            Rhs::Packed(p, cols) => {
-                let at = cols.start + mid;
-                (Rhs::Packed(p, cols.start..at), Rhs::Packed(p, at..cols.end))
+            Rhs::F32(p, cols) => {
+                let (l, r) = at(cols);
+                (Rhs::F32(p, l), Rhs::F32(p, r))
+            }
+            Rhs::Bf16x3(p, cols) => {
+                let (l, r) = at(cols);
+                (Rhs::Bf16x3(p, l), Rhs::Bf16x3(p, r))
             }
         }
     }
@@ -317,8 +450,7 @@ impl Rhs<'_> {
 #[cfg(target_arch = "x86_64")]
 #[allow(clippy::too_many_arguments)]
 fn split_packed(
-    kernel: avx512::Avx512,
-    k_block: usize,
+    kernel: Kernel,
     alpha: f32,
     a: packed::Strided<'_>,
     b: Rhs<'_>,
@@ -327,23 +459,20 @@ fn split_packed(
     threads: usize,
 ) {
     let (m, n, k) = (a.rows, b.cols(), a.cols);
-    let (row_panels, col_panels) = (m.div_ceil(avx512::MR), n.div_ceil(avx512::NR));
+    let (mr, nr) = kernel.tile();
+    let (row_panels, col_panels) = (m.div_ceil(mr), n.div_ceil(nr));
     let by_columns = row_panels < 4 && col_panels >= 2;
     if threads <= 1 || m * n * k < MIN_PARALLEL_WORK || (row_panels < 2 && !by_columns) {
-        match b {
-            Rhs::Plain(b) => packed::gemm(kernel, k_block, alpha, a, b, beta, c),
-            Rhs::Packed(p, cols) => packed::gemm_prepacked(kernel, alpha, a, p, cols, beta, c),
-        }
-        return;
+        return leaf(kernel, alpha, a, b, beta, c);
     }
     let (t1, t2) = (threads / 2, threads - threads / 2);
     if by_columns {
-        let mid = (col_panels * t1 / threads).max(1) * avx512::NR;
+        let mid = (col_panels * t1 / threads).max(1) * nr;
         let (b1, b2) = b.split_columns(mid);
         split_columns(c, m, n, mid, beta, |left, right| {
             rayon::join(
-                || split_packed(kernel, k_block, alpha, a, b1, beta, left, t1),
-                || split_packed(kernel, k_block, alpha, a, b2, beta, right, t2),
+                || split_packed(kernel, alpha, a, b1, beta, left, t1),
+                || split_packed(kernel, alpha, a, b2, beta, right, t2),
             );
         });
         return;
@@ -355,21 +484,33 @@ fn split_packed(
     let pieces = (m / MIN_PIECE_ROWS).min(threads * PIECES_PER_THREAD);
     if pieces > threads {
         use rayon::prelude::*;
-        let piece_rows = m.div_ceil(pieces).div_ceil(avx512::MR) * avx512::MR;
+        let piece_rows = m.div_ceil(pieces).div_ceil(mr) * mr;
         c.par_chunks_mut(piece_rows * n).enumerate().for_each(|(q, c)| {
             let rows = q * piece_rows..m.min((q + 1) * piece_rows);
-            split_packed(kernel, k_block, alpha, a.rows_range(rows), b.clone(), beta, c, 1);
+            split_packed(kernel, alpha, a.rows_range(rows), b.clone(), beta, c, 1);
         });
         return;
     }
-    let mid = (row_panels * t1 / threads).max(1) * avx512::MR;
+    let mid = (row_panels * t1 / threads).max(1) * mr;
     let (c1, c2) = c.split_at_mut(mid * n);
     let (a1, a2) = (a.rows_range(0..mid), a.rows_range(mid..m));
     let b2 = b.clone();
     rayon::join(
-        || split_packed(kernel, k_block, alpha, a1, b, beta, c1, t1),
-        || split_packed(kernel, k_block, alpha, a2, b2, beta, c2, t2),
+        || split_packed(kernel, alpha, a1, b, beta, c1, t1),
+        || split_packed(kernel, alpha, a2, b2, beta, c2, t2),
     );
+}
+
+/// One thread's product. `b` packed for `kernel` (callers see to it; see `FastGemm::kernel`).
+#[cfg(target_arch = "x86_64")]
+fn leaf(kernel: Kernel, alpha: f32, a: packed::Strided<'_>, b: Rhs<'_>, beta: f32, c: &mut [f32]) {
+    match (kernel, b) {
+        (Kernel::F32(avx512, k_block), Rhs::Plain(b)) => packed::gemm(avx512, k_block, alpha, a, b, beta, c),
+        (Kernel::Bf16x3(amx), Rhs::Plain(b)) => amx_packed::gemm(amx, a, b, beta, c),
+        (Kernel::F32(avx512, _), Rhs::F32(p, cols)) => packed::gemm_prepacked(avx512, alpha, a, p, cols, beta, c),
+        (Kernel::Bf16x3(amx), Rhs::Bf16x3(p, cols)) => amx_packed::gemm_prepacked(amx, a, p, cols, beta, c),
+        _ => unreachable!("a packed operand meets the kernel it was packed for (see `Packed::rhs`)"),
+    }
 }
 
 thread_local! {
@@ -410,34 +551,25 @@ fn strided<'a>(m: &Mat<'a>) -> packed::Strided<'a> {
 /// Products with a right operand packed once ([`Gemm::with_rhs`] on the AVX-512 backend).
 #[cfg(target_arch = "x86_64")]
 struct PackedRhs<'a> {
-    kernel: avx512::Avx512,
-    k_block: usize,
-    threads: usize,
+    gemm: FastGemm,
     b: Mat<'a>,
-    packed: &'a packed::PackedB,
+    packed: &'a Packed,
 }
 
 #[cfg(target_arch = "x86_64")]
 impl FixedRhsGemm for PackedRhs<'_> {
     fn gemm(&self, alpha: f32, a: Mat<'_>, beta: f32, c: &mut [f32]) {
         check_gemm_shapes(&a, &self.b, c.len());
-        split_packed(
-            self.kernel,
-            self.k_block,
-            alpha,
-            strided(&a),
-            Rhs::Packed(self.packed, 0..self.b.cols()),
-            beta,
-            c,
-            self.threads,
-        );
+        let preferred = self.gemm.kernel(alpha, beta, &a, self.b.cols()).expect("packed only on our backends");
+        let (kernel, rhs) = self.packed.rhs(preferred, alpha, beta, &self.b, 0..self.b.cols());
+        split_packed(kernel, alpha, strided(&a), rhs, beta, c, self.gemm.threads);
     }
 }
 
 thread_local! {
     /// The packed right operand of [`Gemm::with_rhs`], kept between calls.
     #[cfg(target_arch = "x86_64")]
-    static RHS_PACK: std::cell::RefCell<packed::PackedB> = std::cell::RefCell::new(packed::PackedB::default());
+    static RHS_PACK: std::cell::RefCell<Packed> = std::cell::RefCell::new(Packed::default());
 }
 
 /// Right operands packed once for many products, each recognised again by identity (the same
@@ -489,7 +621,11 @@ impl FastGemm {
         set.hits.store(0, Ordering::Relaxed);
         for (m, (key, prepared)) in operands.iter().zip(&mut set.entries) {
             *key = OperandKey::of(m);
-            self.prepare(*m, prepared);
+            // Evaluation multiplies these by a step's few rows and by all of a batch's: both
+            // kernels' packings (only the AVX-512 one off the AMX backend).
+            #[cfg(target_arch = "x86_64")]
+            self.pack(m, &mut prepared.packed, true, true);
+            prepared.shape = (m.rows(), m.cols());
         }
     }
 
@@ -512,11 +648,11 @@ impl PreparedGemm<'_> {
     /// The packed copy of `b`, when there is one the backend can use.
     #[cfg(target_arch = "x86_64")]
     fn packed_rhs<'b>(&'b self, b: Mat<'b>) -> Option<PackedRhs<'b>> {
-        let kernel = self.gemm.avx512_kernel()?;
+        self.gemm.avx512_kernel()?;
         let key = OperandKey::of(&b);
         let (_, prepared) = self.set.entries.iter().find(|(k, _)| *k == key)?;
         self.set.hits.fetch_add(1, Ordering::Relaxed);
-        Some(PackedRhs { kernel, k_block: self.gemm.k_block, threads: self.gemm.threads, b, packed: &prepared.packed })
+        Some(PackedRhs { gemm: self.gemm, b, packed: &prepared.packed })
     }
 }
 
@@ -541,11 +677,12 @@ impl Gemm for PreparedGemm<'_> {
 impl Gemm for FastGemm {
     fn with_rhs<R>(&self, b: Mat<'_>, body: impl FnOnce(&dyn FixedRhsGemm) -> R) -> R {
         #[cfg(target_arch = "x86_64")]
-        if let Some(kernel) = self.avx512_kernel() {
+        if self.avx512_kernel().is_some() {
             // Taken out rather than borrowed, so a nested call packs into a fresh buffer.
             let mut packed = RHS_PACK.with_borrow_mut(std::mem::take);
-            packed.pack(&strided(&b), self.k_block);
-            let result = body(&PackedRhs { kernel, k_block: self.k_block, threads: self.threads, b, packed: &packed });
+            // lstm-core's per-step products (20 rows of a batch): the AVX-512 kernel's.
+            self.pack(&b, &mut packed, true, false);
+            let result = body(&PackedRhs { gemm: *self, b, packed: &packed });
             RHS_PACK.with_borrow_mut(|slot| *slot = packed);
             return result;
         }
@@ -559,8 +696,8 @@ impl Gemm for FastGemm {
             return;
         }
         #[cfg(target_arch = "x86_64")]
-        if let Some(kernel) = self.avx512_kernel() {
-            split_packed(kernel, self.k_block, alpha, strided(&a), Rhs::Plain(strided(&b)), beta, c, self.threads);
+        if let Some(kernel) = self.kernel(alpha, beta, &a, n) {
+            split_packed(kernel, alpha, strided(&a), Rhs::Plain(strided(&b)), beta, c, self.threads);
             return;
         }
         if m <= SMALL_DIM || n <= SMALL_DIM || a.cols() <= SMALL_DIM {
@@ -630,6 +767,67 @@ mod tests {
                     }
                     assert_eq!(one, many, "{backend:?}: result depends on the thread split");
                 }
+            }
+        }
+    }
+
+    /// The AMX backend: products it takes (`alpha` 1, `beta` 0 or 1, at least `AMX_MIN_ROWS`
+    /// rows) within bf16x3's error of the reference (16 significand bits per operand: a few
+    /// 2⁻¹⁷ of Σ|a·b|), the same bits on 1 and 4 threads and through a prepared operand;
+    /// the others are the AVX-512 backend's, bit for bit.
+    fn mat(v: &[f32], rows: usize, cols: usize, transposed: bool) -> Mat<'_> {
+        if transposed { Mat::new(v, cols, rows).t() } else { Mat::new(v, rows, cols) }
+    }
+
+    #[test]
+    fn amx_backend_matches_the_reference_within_bf16x3_error() {
+        let Some(fast) = FastGemm::new(1).with_backend(Backend::AmxBf16x3) else {
+            eprintln!("no AMX on this CPU: skipped");
+            return;
+        };
+        let many_threads = FastGemm::new(4).with_backend(Backend::AmxBf16x3).expect("available");
+        let avx512 = FastGemm::new(1).with_backend(Backend::Avx512).expect("AMX CPUs have AVX-512");
+        let mut rng = Rng::new(17);
+        for &(m, n, k) in
+            &[(128, 33, 31), (130, 650, 300), (300, 64, 1100), (700, 97, 65), (2600, 40, 60), (20, 256, 64)]
+        {
+            let a: Vec<f32> = (0..m * k).map(|_| rng.normal()).collect();
+            let b: Vec<f32> = (0..k * n).map(|_| rng.normal()).collect();
+            let c0: Vec<f32> = (0..m * n).map(|_| rng.normal()).collect();
+            let abs_a: Vec<f32> = a.iter().map(|x| x.abs()).collect();
+            let abs_b: Vec<f32> = b.iter().map(|x| x.abs()).collect();
+            for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
+                let (am, bm) = (mat(&a, m, k, ta), mat(&b, k, n, tb));
+                let mut scale = vec![0.0; m * n];
+                NaiveGemm.gemm(1.0, mat(&abs_a, m, k, ta), mat(&abs_b, k, n, tb), 0.0, &mut scale);
+                for beta in [0.0, 1.0] {
+                    let mut want = c0.clone();
+                    NaiveGemm.gemm(1.0, am, bm, beta, &mut want);
+                    let mut one = c0.clone();
+                    fast.gemm(1.0, am, bm, beta, &mut one);
+                    for ((w, o), s) in want.iter().zip(&one).zip(&scale) {
+                        assert!((w - o).abs() <= 4e-5 * s + 1e-5, "{m}x{n}x{k} {ta} {tb} beta {beta}: {w} vs {o}");
+                    }
+                    let mut many = c0.clone();
+                    many_threads.gemm(1.0, am, bm, beta, &mut many);
+                    assert!(one == many, "{m}x{n}x{k}: result depends on the thread split");
+                    if !amx_shape(m, n, k) {
+                        let mut f32_side = c0.clone();
+                        avx512.gemm(1.0, am, bm, beta, &mut f32_side);
+                        assert!(one == f32_side, "{m}x{n}x{k}: few rows stay on the AVX-512 kernel");
+                        continue;
+                    }
+                    let mut prepared = PreparedB::default();
+                    fast.prepare(bm, &mut prepared);
+                    let mut again = c0.clone();
+                    fast.gemm_prepared(1.0, am, bm, &prepared, beta, &mut again);
+                    assert!(one == again, "{m}x{n}x{k}: prepared operand");
+                }
+                // Products left to the AVX-512 kernel.
+                let (mut amx_side, mut f32_side) = (c0.clone(), c0.clone());
+                fast.gemm(0.5, am, bm, 0.25, &mut amx_side);
+                avx512.gemm(0.5, am, bm, 0.25, &mut f32_side);
+                assert!(amx_side == f32_side, "{m}x{n}x{k}: alpha 0.5, beta 0.25");
             }
         }
     }
