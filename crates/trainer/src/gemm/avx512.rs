@@ -2,8 +2,8 @@
 //! 16 × 16 register transpose that packs transposed operands, and the training softmax's row
 //! passes at 16 lanes (the reference's operations, bit for bit).
 //!
-//! The trainer's only `unsafe`. Measured on the 2-core Xeon this project trains on (Sapphire
-//! Rapids class): a 10 × 32 tile of 512-bit FMAs runs at ~175 GFLOP/s per core in cache, a
+//! One of the trainer's two `unsafe` modules (the other, `amx.rs`, drives the tile unit).
+//! Measured on the 2-core Xeon this project trains on (Sapphire Rapids class): a 10 × 32 tile of 512-bit FMAs runs at ~175 GFLOP/s per core in cache, a
 //! 6 × 16 tile of 256-bit ones at ~86. `matrixmultiply` reaches AVX-512 too for a plain
 //! product, but a kernel of our own is what lets the trainer pack an operand once for many
 //! products (the tied embedding, the recurrent weights), read row-major operands in place and
