@@ -10,7 +10,7 @@
 //! threads.
 
 use super::amx::{Amx, KSTEP, MR, NR, PANEL_STEP_PAIRS, TILE_PAIRS};
-use super::packed::Strided;
+use super::packed::{Strided, scale_only};
 use std::cell::RefCell;
 use std::ops::Range;
 
@@ -80,113 +80,83 @@ fn slot(st: usize, chunk: usize, s: usize) -> usize {
 
 /// Packs `A[rows, ks]` into row panels of 32: panel `q`, step `s`, row half `h`, part `e`
 /// (high, low), row `r`, pair `t` at `((q·steps + s)·4 + 2h + e)·256 + 16r + t`; zeros past the
-/// last row and the last step. Reads memory in its own order (a row, or for a transposed `A`
-/// a column, at a time) and scatters into the panels.
+/// last row and the last step.
 fn pack_a(amx: Amx, a: &Strided<'_>, rows: Range<usize>, ks: Range<usize>, out: &mut [u32]) {
-    let st = steps(ks.len());
-    let chunks = rows.len().div_ceil(MR) * 2;
-    let full_k = ks.len() / KSTEP * KSTEP;
-    let generic = |chunk: usize, s: usize, out: &mut [u32]| {
-        let base = slot(st, chunk, s);
-        for r in 0..16 {
-            for t in 0..16 {
-                let (i, p) = (rows.start + 16 * chunk + r, ks.start + s * KSTEP + 2 * t);
-                let (h, l) = pair(get(a, &rows, &ks, i, p), get(a, &rows, &ks, i, p + 1));
-                (out[base + 16 * r + t], out[base + TILE_PAIRS + 16 * r + t]) = (h, l);
-            }
-        }
-    };
-    let full_chunks = if a.cs == 1 || a.rs == 1 { rows.len() / 16 } else { 0 };
-    if a.cs == 1 {
-        for i in rows.start..rows.start + full_chunks * 16 {
-            let (chunk, r) = ((i - rows.start) / 16, (i - rows.start) % 16);
-            let src = &a.data[i * a.rs + ks.start..][..full_k];
-            for (s, src) in src.chunks_exact(KSTEP).enumerate() {
-                let at = slot(st, chunk, s) + 16 * r;
-                let (high, low) = amx.split_along(src.try_into().expect("a step"));
-                out[at..at + 16].copy_from_slice(&high);
-                out[at + TILE_PAIRS..at + TILE_PAIRS + 16].copy_from_slice(&low);
-            }
-        }
-    } else if a.rs == 1 {
-        for pg in 0..full_k / 2 {
-            let (s, t) = (pg / 16, pg % 16);
-            let k = ks.start + 2 * pg;
-            let (c0, c1) = (&a.data[k * a.cs + rows.start..], &a.data[(k + 1) * a.cs + rows.start..]);
-            for chunk in 0..full_chunks {
-                let at = slot(st, chunk, s) + t;
-                let x0 = c0[16 * chunk..][..16].try_into().expect("16 rows");
-                let x1 = c1[16 * chunk..][..16].try_into().expect("16 rows");
-                let (high, low) = amx.split_across(x0, x1);
-                let (hi, lo) = out[at..].split_at_mut(TILE_PAIRS);
-                for r in 0..16 {
-                    (hi[16 * r], lo[16 * r]) = (high[r], low[r]);
-                }
-            }
-        }
-    }
-    // Whatever the fast paths left: partial chunks of rows, partial last steps, other strides.
-    for chunk in 0..chunks {
-        for s in 0..st {
-            if chunk >= full_chunks || s >= full_k / KSTEP {
-                generic(chunk, s, out);
-            }
-        }
-    }
+    pack_pairs::<true>(amx, a, rows, ks, out);
 }
 
 /// Packs `B[ks, cols]` into column panels of 32: panel `q`, step `s`, column half `h`, part
 /// `e`, pair `p`, column `j` at `((q·steps + s)·4 + 2h + e)·256 + 16p + j` (the tile unit's
-/// layout for its second operand); zeros past the last column and the last step. Reads memory
-/// in its own order (two rows, or for a transposed `B` a column, at a time).
+/// layout for its second operand); zeros past the last column and the last step.
 fn pack_b(amx: Amx, b: &Strided<'_>, ks: Range<usize>, cols: Range<usize>, out: &mut [u32]) {
-    let st = steps(ks.len());
-    let chunks = cols.len().div_ceil(NR) * 2;
-    let full_k = ks.len() / KSTEP * KSTEP;
-    let bt = b.t();
-    let generic = |chunk: usize, s: usize, out: &mut [u32]| {
-        let base = slot(st, chunk, s);
-        for p in 0..16 {
-            for j in 0..16 {
-                let (jj, k) = (cols.start + 16 * chunk + j, ks.start + s * KSTEP + 2 * p);
-                let (h, l) = pair(get(&bt, &cols, &ks, jj, k), get(&bt, &cols, &ks, jj, k + 1));
-                (out[base + 16 * p + j], out[base + TILE_PAIRS + 16 * p + j]) = (h, l);
-            }
+    pack_pairs::<false>(amx, &b.t(), cols, ks, out);
+}
+
+/// Sixteen pairs' high and low parts into the tiles at `at` and `at + 256`, from `first` on:
+/// at `first + i` when `contiguous`, else at `first + 16i`.
+#[inline(always)]
+fn put16(out: &mut [u32], at: usize, first: usize, contiguous: bool, high: &[u32; 16], low: &[u32; 16]) {
+    let (hi, lo) = out[at..at + 2 * TILE_PAIRS].split_at_mut(TILE_PAIRS);
+    if contiguous {
+        hi[first..first + 16].copy_from_slice(high);
+        lo[first..first + 16].copy_from_slice(low);
+    } else {
+        for i in 0..16 {
+            (hi[first + 16 * i], lo[first + 16 * i]) = (high[i], low[i]);
         }
+    }
+}
+
+/// Packs `m[across, ks]` (`A`, or `Bᵀ`: `across` the tile's rows or columns, `ks` along `k`)
+/// into panels of 32, pair `t` of row-or-column `r` at `16r + t` in its tile (`BY_ROWS`, the
+/// layout of `A`) or at `16t + r` (that of `B`). Reads memory in its own order (a row, or two
+/// columns, of `m` at a time) and scatters into the panels; what that leaves (partial
+/// half-panels, a partial last step, other strides) goes value by value.
+fn pack_pairs<const BY_ROWS: bool>(amx: Amx, m: &Strided<'_>, across: Range<usize>, ks: Range<usize>, out: &mut [u32]) {
+    const _: () = assert!(MR == NR);
+    let place = |r: usize, t: usize| if BY_ROWS { 16 * r + t } else { 16 * t + r };
+    let store = |out: &mut [u32], at: usize, r: usize, t: usize, (high, low): (u32, u32)| {
+        out[at + place(r, t)] = high;
+        out[at + TILE_PAIRS + place(r, t)] = low;
     };
-    let full_chunks = if b.cs == 1 || b.rs == 1 { cols.len() / 16 } else { 0 };
-    if b.cs == 1 {
-        for pg in 0..full_k / 2 {
-            let (s, p) = (pg / 16, pg % 16);
-            let k = ks.start + 2 * pg;
-            let (r0, r1) = (&b.data[k * b.rs + cols.start..], &b.data[(k + 1) * b.rs + cols.start..]);
-            for chunk in 0..full_chunks {
-                let at = slot(st, chunk, s) + 16 * p;
-                let x0 = r0[16 * chunk..][..16].try_into().expect("16 columns");
-                let x1 = r1[16 * chunk..][..16].try_into().expect("16 columns");
-                let (high, low) = amx.split_across(x0, x1);
-                out[at..at + 16].copy_from_slice(&high);
-                out[at + TILE_PAIRS..at + TILE_PAIRS + 16].copy_from_slice(&low);
+    let st = steps(ks.len());
+    let full_k = ks.len() / KSTEP * KSTEP;
+    let full_chunks = if m.cs == 1 || m.rs == 1 { across.len() / 16 } else { 0 };
+    if m.cs == 1 {
+        // Each row of `m` runs along `k`: 32 values, 16 pairs, per step.
+        for i in across.start..across.start + full_chunks * 16 {
+            let (chunk, r) = ((i - across.start) / 16, (i - across.start) % 16);
+            let src = &m.data[i * m.rs + ks.start..][..full_k];
+            for (s, src) in src.chunks_exact(KSTEP).enumerate() {
+                let (high, low) = amx.split_along(src.try_into().expect("a step"));
+                put16(out, slot(st, chunk, s), place(r, 0), BY_ROWS, &high, &low);
             }
         }
-    } else if b.rs == 1 {
-        for jj in cols.start..cols.start + full_chunks * 16 {
-            let (chunk, j) = ((jj - cols.start) / 16, (jj - cols.start) % 16);
-            let col = &b.data[jj * b.cs + ks.start..][..full_k];
-            for (s, col) in col.chunks_exact(KSTEP).enumerate() {
-                let at = slot(st, chunk, s) + j;
-                let (high, low) = amx.split_along(col.try_into().expect("a step"));
-                let (hi, lo) = out[at..].split_at_mut(TILE_PAIRS);
-                for p in 0..16 {
-                    (hi[16 * p], lo[16 * p]) = (high[p], low[p]);
-                }
+    } else if m.rs == 1 {
+        // Each column of `m` runs across: two adjacent columns make 16 pairs at a time.
+        for pg in 0..full_k / 2 {
+            let (s, t) = (pg / 16, pg % 16);
+            let k = ks.start + 2 * pg;
+            let (c0, c1) = (&m.data[k * m.cs + across.start..], &m.data[(k + 1) * m.cs + across.start..]);
+            for chunk in 0..full_chunks {
+                let x0 = c0[16 * chunk..][..16].try_into().expect("16 across");
+                let x1 = c1[16 * chunk..][..16].try_into().expect("16 across");
+                let (high, low) = amx.split_across(x0, x1);
+                put16(out, slot(st, chunk, s), place(0, t), !BY_ROWS, &high, &low);
             }
         }
     }
-    for chunk in 0..chunks {
+    for chunk in 0..across.len().div_ceil(MR) * 2 {
         for s in 0..st {
-            if chunk >= full_chunks || s >= full_k / KSTEP {
-                generic(chunk, s, out);
+            if chunk < full_chunks && s < full_k / KSTEP {
+                continue;
+            }
+            for r in 0..16 {
+                for t in 0..16 {
+                    let (i, p) = (across.start + 16 * chunk + r, ks.start + s * KSTEP + 2 * t);
+                    let pair = pair(get(m, &across, &ks, i, p), get(m, &across, &ks, i, p + 1));
+                    store(out, slot(st, chunk, s), r, t, pair);
+                }
             }
         }
     }
@@ -259,10 +229,7 @@ pub fn gemm(amx: Amx, a: Strided<'_>, b: Strided<'_>, beta: f32, c: &mut [f32]) 
         return;
     }
     if k == 0 {
-        if beta == 0.0 {
-            c.fill(0.0);
-        }
-        return;
+        return scale_only(beta, c);
     }
     PACKS.with_borrow_mut(|(apack, bpack)| {
         let (_, apack) = aligned(apack, MC.div_ceil(MR) * steps(KC) * PANEL_STEP_PAIRS);
@@ -295,10 +262,7 @@ pub fn gemm_prepacked(amx: Amx, a: Strided<'_>, b: &PackedB, cols: Range<usize>,
         return;
     }
     if k == 0 {
-        if beta == 0.0 {
-            c.fill(0.0);
-        }
-        return;
+        return scale_only(beta, c);
     }
     let first_panel = cols.start / NR;
     PACKS.with_borrow_mut(|(apack, _)| {

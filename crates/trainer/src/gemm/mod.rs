@@ -552,7 +552,8 @@ fn strided<'a>(m: &Mat<'a>) -> packed::Strided<'a> {
     packed::Strided { data: m.data(), rows: m.rows(), cols: m.cols(), rs, cs }
 }
 
-/// Products with a right operand packed once ([`Gemm::with_rhs`] on the AVX-512 backend).
+/// Products with a right operand packed once ([`Gemm::with_rhs`] and prepared operands on our
+/// backends).
 #[cfg(target_arch = "x86_64")]
 struct PackedRhs<'a> {
     gemm: FastGemm,
@@ -754,8 +755,7 @@ mod tests {
                 let b: Vec<f32> = (0..k * n).map(|_| rng.normal()).collect();
                 let c0: Vec<f32> = (0..m * n).map(|_| rng.normal()).collect();
                 for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
-                    let am = if ta { Mat::new(&a, k, m).t() } else { Mat::new(&a, m, k) };
-                    let bm = if tb { Mat::new(&b, n, k).t() } else { Mat::new(&b, k, n) };
+                    let (am, bm) = (mat(&a, m, k, ta), mat(&b, k, n, tb));
                     let mut want = c0.clone();
                     NaiveGemm.gemm(0.5, am, bm, 0.25, &mut want);
                     let mut one = c0.clone();
@@ -775,14 +775,15 @@ mod tests {
         }
     }
 
-    /// The AMX backend: products it takes (`alpha` 1, `beta` 0 or 1, at least `AMX_MIN_ROWS`
-    /// rows) within bf16x3's error of the reference (16 significand bits per operand: a few
-    /// 2⁻¹⁷ of Σ|a·b|), the same bits on 1 and 4 threads and through a prepared operand;
-    /// the others are the AVX-512 backend's, bit for bit.
+    /// `rows × cols`, stored as such or (`transposed`) as the transpose of a row-major `cols × rows`.
     fn mat(v: &[f32], rows: usize, cols: usize, transposed: bool) -> Mat<'_> {
         if transposed { Mat::new(v, cols, rows).t() } else { Mat::new(v, rows, cols) }
     }
 
+    /// The AMX backend: products it takes (`alpha` 1, `beta` 0 or 1, at least 128 rows, 128
+    /// deep and 128 wide) within bf16x3's error of the reference (16 significand bits per
+    /// operand: a few 2⁻¹⁷ of Σ|a·b|), the same bits on 1 and 4 threads and through a prepared
+    /// operand; the others are the AVX-512 backend's, bit for bit.
     #[test]
     fn amx_backend_matches_the_reference_within_bf16x3_error() {
         let Some(fast) = FastGemm::new(1).with_backend(Backend::AmxBf16x3) else {

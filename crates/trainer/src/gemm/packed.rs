@@ -309,7 +309,7 @@ fn macro_kernel(
 }
 
 /// `C = beta·C` for an empty inner dimension (`beta == 0` overwrites).
-fn scale_only(beta: f32, c: &mut [f32]) {
+pub(super) fn scale_only(beta: f32, c: &mut [f32]) {
     c.iter_mut().for_each(|v| *v = if beta == 0.0 { 0.0 } else { *v * beta });
 }
 
